@@ -1,0 +1,78 @@
+//! Completion tokens/s of the packaged model through tiergate's mistral.rs runtime, on the same
+//! prompts, max tokens and greedy decoding as `../shared/bench/llama_cpp_baseline.py`.
+//!
+//! cargo run --example tokens_per_sec [-- --max-tokens 48 --rounds 3]
+//!
+//! Runs in the dev profile on purpose: dependencies are fully optimised there (see Cargo.toml),
+//! and it shares the one dependency build with `cargo run` and `cargo test`.
+
+use std::time::Instant;
+
+use tiergate::{
+    config::Settings,
+    inference::{DecodingProfile, MistralRuntime, Role, Turn, ensure_weights},
+    registry::{ModelCard, parse_card},
+};
+
+const PROMPTS: [&str; 5] = [
+    "What is the capital of France? Answer in one word.",
+    "What is 17 times 23?",
+    "Write a haiku about governance.",
+    "Classify this support ticket intent: 'My card was charged twice for the same order'. Answer with one of: billing, shipping, technical, other.",
+    "Explain in two sentences why small models are cheaper to serve than large ones.",
+];
+
+fn arg(name: &str, default: u32) -> u32 {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let max_tokens = arg("--max-tokens", 48);
+    let rounds = arg("--rounds", 3);
+    let card_text = std::fs::read_to_string("model-cards/smollm2-135m-instruct.yaml")?;
+    let card: ModelCard = serde_json::from_value(parse_card(&card_text)?.document)?;
+    let settings = Settings::default();
+    let path = ensure_weights(&card.weights.source, &card.weights.sha256, &settings.model_cache_dir, &settings.python)?;
+    let load_started = Instant::now();
+    let runtime = MistralRuntime::load(&path).await?;
+    let load_s = load_started.elapsed().as_secs_f64();
+    let decoding = DecodingProfile { max_tokens, temperature: 0.0, system_prompt: None };
+    let turn = |text: &str| vec![Turn { role: Role::User, content: text.to_owned() }];
+    runtime.generate(&turn("hi"), &DecodingProfile { max_tokens: 4, ..decoding.clone() }).await?; // warm-up
+
+    let mut round_rates = Vec::new();
+    for round in 0..rounds {
+        let (mut tokens, mut seconds) = (0u64, 0f64);
+        for prompt in PROMPTS {
+            let started = Instant::now();
+            let generation = runtime.generate(&turn(prompt), &decoding).await?;
+            let elapsed = started.elapsed().as_secs_f64();
+            tokens += generation.completion_tokens;
+            seconds += elapsed;
+            if round == 0 {
+                println!(
+                    "{{\"prompt\": {:?}, \"prompt_tokens\": {}, \"completion_tokens\": {}, \"seconds\": {:.4}, \"completion_tok_per_s\": {:.1}}}",
+                    &prompt[..40.min(prompt.len())],
+                    generation.prompt_tokens,
+                    generation.completion_tokens,
+                    elapsed,
+                    generation.completion_tokens as f64 / elapsed
+                );
+            }
+        }
+        round_rates.push(tokens as f64 / seconds);
+        println!("{{\"round\": {round}, \"completion_tokens\": {tokens}, \"seconds\": {seconds:.3}, \"completion_tok_per_s\": {:.1}}}", tokens as f64 / seconds);
+    }
+    round_rates.sort_by(f64::total_cmp);
+    println!(
+        "{{\"summary\": true, \"load_s\": {load_s:.3}, \"max_tokens\": {max_tokens}, \"rounds\": {rounds}, \"median_completion_tok_per_s\": {:.1}}}",
+        round_rates[round_rates.len() / 2]
+    );
+    Ok(())
+}

@@ -1,0 +1,71 @@
+# tiergate's default escalation policy.
+#
+# route  — before any model runs: may this request be served, and from which tier?
+# accept — after each tier answers: accept it, escalate to the next tier, hold it for human
+#          review, or deny.
+#
+# Thresholds come from the system card (input.thresholds) and fall back to data.defaults.
+package tiergate
+
+import rego.v1
+
+thresholds := object.union(data.defaults.thresholds, object.get(input, "thresholds", {}))
+
+last_tier := input.system.tier_count - 1
+
+stakes := object.get(input.request, "stakes", "normal")
+
+use_case := object.get(input.request, "use_case", "general")
+
+route := {
+	"action": "deny",
+	"reasons": [sprintf("use case '%s' is blocked by policy", [use_case])],
+} if {
+	use_case in data.defaults.blocked_use_cases
+} else := {
+	"action": "serve",
+	"tier": last_tier,
+	"reasons": [sprintf("declared stakes '%s': start on the largest tier", [stakes])],
+} if {
+	stakes in data.defaults.high_stakes
+} else := {
+	"action": "serve",
+	"tier": 0,
+	"reasons": ["routine request: smallest tier first"],
+}
+
+# Logprobs rounded to 3 decimals keep reasons readable.
+mean_logprob := round(input.attempt.signals.mean_logprob * 1000) / 1000
+
+# A per-tier threshold (min_mean_logprob_by_tier[i]) overrides the common one for tier i.
+min_mean := thresholds.min_mean_logprob_by_tier[input.attempt.tier] if {
+	is_number(thresholds.min_mean_logprob_by_tier[input.attempt.tier])
+} else := thresholds.min_mean_logprob
+
+failed if input.attempt.error != null
+
+accept := {
+	"action": "escalate",
+	"reasons": [sprintf("tier %d failed (%s): try the next tier", [input.attempt.tier, input.attempt.error])],
+} if {
+	failed
+	input.attempt.tiers_left > 0
+} else := {
+	"action": "deny",
+	"reasons": [sprintf("tier %d failed (%s) and no tier is left", [input.attempt.tier, input.attempt.error])],
+} if {
+	failed
+} else := {
+	"action": "accept",
+	"reasons": [sprintf("mean token logprob %v is at or above the threshold %v", [mean_logprob, min_mean])],
+} if {
+	input.attempt.signals.mean_logprob >= min_mean
+} else := {
+	"action": "escalate",
+	"reasons": [sprintf("mean token logprob %v is below the threshold %v: escalate", [mean_logprob, min_mean])],
+} if {
+	input.attempt.tiers_left > 0
+} else := {
+	"action": "review",
+	"reasons": [sprintf("mean token logprob %v is below the threshold %v on the last tier: hold for human review", [mean_logprob, min_mean])],
+}

@@ -1,0 +1,68 @@
+package tiergate_test
+
+import rego.v1
+
+system := {"id": "support-triage", "version": 1, "tier_count": 2}
+
+routine := {"use_case": "general", "stakes": "normal"}
+
+attempt(tier, mean, left) := {
+	"tier": tier,
+	"tiers_left": left,
+	"error": null,
+	"signals": {"mean_logprob": mean, "min_logprob": mean - 1, "completion_tokens": 20, "finish_reason": "stop"},
+}
+
+test_routine_request_served_small if {
+	decision := data.tiergate.route with input as {"request": routine, "system": system}
+	decision.action == "serve"
+	decision.tier == 0
+}
+
+test_declared_high_stakes_start_on_the_large_tier if {
+	decision := data.tiergate.route with input as {"request": {"stakes": "high"}, "system": system}
+	decision.action == "serve"
+	decision.tier == 1
+}
+
+test_blocked_use_case_denied if {
+	decision := data.tiergate.route with input as {"request": {"use_case": "medical-diagnosis"}, "system": system}
+	decision.action == "deny"
+}
+
+test_confident_answer_accepted if {
+	decision := data.tiergate.accept with input as {"request": routine, "system": system, "attempt": attempt(0, -0.2, 1)}
+	decision.action == "accept"
+}
+
+test_low_confidence_escalated if {
+	decision := data.tiergate.accept with input as {"request": routine, "system": system, "attempt": attempt(0, -2.5, 1)}
+	decision.action == "escalate"
+}
+
+test_last_tier_low_confidence_sent_to_review if {
+	decision := data.tiergate.accept with input as {"request": routine, "system": system, "attempt": attempt(1, -2.5, 0)}
+	decision.action == "review"
+}
+
+test_system_card_threshold_overrides_the_default if {
+	strict := {"min_mean_logprob": -0.1}
+	decision := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": strict, "attempt": attempt(0, -0.2, 1)}
+	decision.action == "escalate"
+}
+
+test_failed_tier_escalated_then_denied_on_the_last if {
+	failed := object.union(attempt(0, 0, 1), {"error": "timeout"})
+	first := data.tiergate.accept with input as {"request": routine, "system": system, "attempt": failed}
+	first.action == "escalate"
+	last := data.tiergate.accept with input as {"request": routine, "system": system, "attempt": object.union(failed, {"tier": 1, "tiers_left": 0})}
+	last.action == "deny"
+}
+
+test_per_tier_threshold_overrides_the_common_one if {
+	by_tier := {"min_mean_logprob": -5, "min_mean_logprob_by_tier": [-0.1, -5]}
+	small := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": by_tier, "attempt": attempt(0, -0.2, 1)}
+	small.action == "escalate"
+	large := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": by_tier, "attempt": attempt(1, -0.2, 0)}
+	large.action == "accept"
+}

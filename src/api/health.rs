@@ -1,0 +1,53 @@
+//! Liveness and readiness probes.
+
+use actix_web::{HttpResponse, get, web};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::AppState;
+
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `ready` or `not_ready`.
+    status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    checks: Option<Checks>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Checks {
+    database: String,
+    /// Active systems with loaded models and compiled policies.
+    systems: Vec<String>,
+    ledger_entries: Option<i64>,
+}
+
+/// Liveness: the process is up and answering.
+#[utoipa::path(tag = "operations", responses((status = 200, body = Health)))]
+#[get("/healthz")]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok".into(), checks: None })
+}
+
+/// Readiness: the database answers, and at least one system is loaded (its models and policy
+/// were loaded and compiled at start-up).
+#[utoipa::path(tag = "operations", responses((status = 200, body = Health), (status = 503, body = Health)))]
+#[get("/readyz")]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let database = match state.store.ping().await {
+        Ok(()) => "ok".to_owned(),
+        Err(error) => format!("error: {error:#}"),
+    };
+    let ledger_entries = state.store.ledger_count().await.ok();
+    let systems = state.router.system_ids();
+    let ready = database == "ok" && !systems.is_empty();
+    let body = Health {
+        status: if ready { "ready" } else { "not_ready" }.into(),
+        checks: Some(Checks { database, systems, ledger_entries }),
+    };
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

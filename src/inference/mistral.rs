@@ -1,0 +1,81 @@
+//! The in-process mistral.rs runtime for GGUF models; one loaded model may serve several tiers.
+
+use std::{path::Path, sync::Arc};
+
+use anyhow::Context;
+use mistralrs::{GgufModelBuilder, Model, RequestBuilder, TextMessageRole};
+
+use super::{DecodingProfile, Generation, Role, Turn};
+
+/// A loaded model. `send_chat_request` takes `&self`, so one instance is shared by every tier
+/// and request that uses it (mistral.rs schedules the sequences itself).
+#[derive(Clone)]
+pub struct MistralRuntime {
+    model: Arc<Model>,
+}
+
+impl std::fmt::Debug for MistralRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MistralRuntime")
+    }
+}
+
+impl MistralRuntime {
+    /// Loads a local GGUF file; tokenizer and chat template come from the file itself, so no
+    /// hub access is needed.
+    pub async fn load(weights: &Path) -> anyhow::Result<MistralRuntime> {
+        let dir = weights.parent().context("weights path has no directory")?;
+        let file = weights
+            .file_name()
+            .and_then(|f| f.to_str())
+            .context("weights file name is not UTF-8")?;
+        let model = GgufModelBuilder::new(dir.to_string_lossy(), vec![file])
+            .with_force_cpu()
+            .build()
+            .await
+            .with_context(|| format!("loading GGUF model {}", weights.display()))?;
+        Ok(MistralRuntime { model: Arc::new(model) })
+    }
+
+    pub async fn generate(&self, turns: &[Turn], decoding: &DecodingProfile) -> anyhow::Result<Generation> {
+        let mut request = RequestBuilder::new();
+        // Chat templates accept one leading system message: the card's prompt comes first and
+        // the caller's own system messages are appended to it.
+        let mut system: Vec<&str> = decoding.system_prompt.as_deref().into_iter().collect();
+        system.extend(turns.iter().filter(|t| t.role == Role::System).map(|t| t.content.as_str()));
+        if !system.is_empty() {
+            request = request.add_message(TextMessageRole::System, system.join("\n\n"));
+        }
+        for turn in turns.iter().filter(|t| t.role != Role::System) {
+            let role = match turn.role {
+                Role::Assistant => TextMessageRole::Assistant,
+                _ => TextMessageRole::User,
+            };
+            request = request.add_message(role, &turn.content);
+        }
+        request = request.return_logprobs(true).set_sampler_max_len(decoding.max_tokens as usize);
+        request = if decoding.temperature <= 0.0 {
+            request.set_deterministic_sampler()
+        } else {
+            request.set_sampler_temperature(decoding.temperature)
+        };
+        let response = self
+            .model
+            .send_chat_request(request)
+            .await
+            .map_err(|e| anyhow::anyhow!("mistral.rs generation failed: {e}"))?;
+        let choice = response.choices.into_iter().next().context("mistral.rs returned no choice")?;
+        let token_logprobs = choice
+            .logprobs
+            .and_then(|l| l.content)
+            .map(|tokens| tokens.iter().map(|t| t.logprob).collect())
+            .unwrap_or_default();
+        Ok(Generation {
+            text: choice.message.content.unwrap_or_default(),
+            finish_reason: choice.finish_reason,
+            token_logprobs,
+            prompt_tokens: response.usage.prompt_tokens as u64,
+            completion_tokens: response.usage.completion_tokens as u64,
+        })
+    }
+}

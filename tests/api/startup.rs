@@ -1,0 +1,76 @@
+//! Start-up: idempotent seeding, refusing unverified weights, and the binary's port-0 contract.
+
+use std::{io::{BufRead, BufReader}, process::{Command, Stdio}};
+
+use crate::helpers::{spawn_app_with, test_settings};
+use tiergate::startup::Application;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_start_on_the_same_data_creates_no_new_versions() {
+    let settings = test_settings();
+    let first = spawn_app_with(settings.clone()).await;
+    let after_first = first.store().await.artifact_version_count().await.unwrap();
+
+    let second = spawn_app_with(settings).await;
+    let after_second = second.store().await.artifact_version_count().await.unwrap();
+
+    // 1 policy bundle + 1 model card + 1 shipped system card + 3 fixture system cards.
+    assert_eq!(after_first, 6);
+    assert_eq!(after_second, after_first);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weights_that_do_not_match_the_model_card_are_refused_at_load() {
+    let mut settings = test_settings();
+    let cards = settings.data_dir.join("cards");
+    std::fs::create_dir_all(&cards).unwrap();
+    let weights = settings.data_dir.join("tampered.gguf");
+    std::fs::write(&weights, b"these are not the weights the card names").unwrap();
+    std::fs::write(
+        cards.join("model.yaml"),
+        format!(
+            "kind: model-card\nid: tampered\nname: Tampered\nruntime: {{kind: mistralrs-gguf}}\nweights:\n  source: {{path: {}}}\n  sha256: {}\n",
+            weights.display(),
+            "ab".repeat(32)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        cards.join("system.yaml"),
+        "kind: system-card\nid: uses-tampered\npurpose: test\npolicy: tiergate-default@1\ntiers:\n  - {name: only, model: tampered@1, decoding: {max_tokens: 8}}\n",
+    )
+    .unwrap();
+    settings.cards_dirs = vec![cards];
+
+    let error = Application::build(settings).await.err().expect("start-up must fail");
+
+    let message = format!("{error:#}");
+    assert!(message.contains("refusing to load"), "{message}");
+    assert!(message.contains(&"ab".repeat(32)), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_on_port_zero_prints_the_bound_address_and_takes_settings_from_the_environment() {
+    let data_dir = std::env::temp_dir().join(format!("tiergate-bin-{}", uuid::Uuid::new_v4()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .arg("serve")
+        .env("TIERGATE_BIND", "127.0.0.1:0")
+        .env("TIERGATE_DATA_DIR", &data_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+
+    let address = line.trim().strip_prefix("tiergate listening on ").unwrap_or_default().to_owned();
+    let health = reqwest::get(format!("{address}/healthz")).await.map(|r| r.status().as_u16());
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert!(address.starts_with("http://127.0.0.1:"), "{line:?}");
+    assert!(!address.ends_with(":0"), "{line:?}");
+    assert_eq!(health.unwrap(), 200);
+    assert!(data_dir.join("tiergate.db").is_file(), "the database goes in TIERGATE_DATA_DIR");
+}
