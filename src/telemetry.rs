@@ -21,7 +21,8 @@ tokio::task_local! {
 pub fn init() {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,mistralrs_core=warn,sqlx=warn"));
-    let _ = fmt().with_env_filter(filter).with_target(false).try_init();
+    // Logs go to stderr: stdout carries only what scripts read (the bound address).
+    let _ = fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
 }
 
 /// The id of the request being handled on this task, if any.

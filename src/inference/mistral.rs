@@ -53,12 +53,14 @@ impl MistralRuntime {
             };
             request = request.add_message(role, &turn.content);
         }
-        request = request.return_logprobs(true).set_sampler_max_len(decoding.max_tokens as usize);
+        // `set_deterministic_sampler` replaces every sampling parameter (max_len included), so it
+        // must come before the token limit, or generation runs to the end of the context.
         request = if decoding.temperature <= 0.0 {
             request.set_deterministic_sampler()
         } else {
             request.set_sampler_temperature(decoding.temperature)
         };
+        request = request.return_logprobs(true).set_sampler_max_len(decoding.max_tokens as usize);
         let response = self
             .model
             .send_chat_request(request)
