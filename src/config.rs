@@ -11,7 +11,7 @@ use serde::Deserialize;
 pub struct Settings {
     /// Address to listen on; port 0 picks a free port (the bound address is printed).
     pub bind: String,
-    /// Where the embedded database and the ledger signing key live.
+    /// Where the embedded database and the ledger signing key (`ledger-signing.key`) live.
     pub data_dir: PathBuf,
     /// `sqlite://…` or `postgres://…`; default: `<data_dir>/tiergate.db`.
     pub database_url: Option<String>,
@@ -27,8 +27,8 @@ pub struct Settings {
     pub ledger_store_text: bool,
     /// Wall-clock limit of one policy evaluation; a policy that runs longer fails closed.
     pub policy_eval_timeout_ms: u64,
-    /// Threads mistral.rs may use for CPU inference (0 = one per core).
-    pub inference_threads: usize,
+    /// Name of this log in its signed checkpoints (C2SP origin line and key name).
+    pub ledger_origin: String,
 }
 
 impl Default for Settings {
@@ -43,7 +43,7 @@ impl Default for Settings {
             python: "python3".to_owned(),
             ledger_store_text: false,
             policy_eval_timeout_ms: 50,
-            inference_threads: 0,
+            ledger_origin: "tiergate.local/ledger".to_owned(),
         }
     }
 }

@@ -5,9 +5,10 @@ use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use tiergate::{
     config::{Settings, SettingsArgs},
+    ledger::{CheckpointSigner, verify_export},
     policy::{BundleSource, CompiledBundle, TestOutcome},
     registry::{ArtifactRef, parse_card},
-    startup::Application,
+    startup::{Application, LEDGER_KEY_FILE},
     telemetry,
 };
 
@@ -34,6 +35,29 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Audit the decision ledger.
+    Ledger {
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LedgerCommand {
+    /// Verify an export offline (no database): checkpoint signature, every entry, the Merkle
+    /// root. Exit status 0 = verified, 1 = not.
+    Verify {
+        /// The export file (`GET /v1/ledger/export`).
+        export: PathBuf,
+        /// The ledger's public key (`GET /v1/ledger/public-key`), or a file holding it.
+        #[arg(long)]
+        key: String,
+    },
+    /// Print the public key of the ledger in a data directory.
+    PublicKey {
+        #[arg(long, env = "TIERGATE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -56,6 +80,8 @@ async fn main() -> ExitCode {
         Command::Openapi => print_openapi(),
         Command::Cards { command: CardsCommand::Validate { files } } => validate_cards(&files),
         Command::Policy { command: PolicyCommand::Test { dir } } => test_policy(&dir),
+        Command::Ledger { command: LedgerCommand::Verify { export, key } } => verify_ledger(&export, &key),
+        Command::Ledger { command: LedgerCommand::PublicKey { data_dir } } => print_public_key(&data_dir),
     };
     match result {
         Ok(code) => code,
@@ -114,4 +140,30 @@ fn test_policy(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     }
     println!("{passed} passed, {} failed", results.len() - passed);
     Ok(if passed == results.len() && !results.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn verify_ledger(export: &std::path::Path, key: &str) -> anyhow::Result<ExitCode> {
+    let key = match std::fs::read_to_string(key) {
+        Ok(text) => text.trim().to_owned(),
+        Err(_) => key.trim().to_owned(),
+    };
+    let text = std::fs::read_to_string(export).map_err(|e| anyhow::anyhow!("{}: {e}", export.display()))?;
+    match verify_export(&text, &key) {
+        Ok(verified) => {
+            println!("verified: {} entries, root {}", verified.tree_size, verified.root_hash);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(error) => {
+            println!("NOT verified: {error}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn print_public_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let path = data_dir.join(LEDGER_KEY_FILE);
+    anyhow::ensure!(path.is_file(), "{} does not exist (the key is created on the first `serve`)", path.display());
+    let signer = CheckpointSigner::load_or_create(&path, "unused")?;
+    println!("{}", signer.verifier_key);
+    Ok(ExitCode::SUCCESS)
 }

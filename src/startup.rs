@@ -13,13 +13,16 @@ use crate::{
     api::{self, ApiDoc, AppState},
     config::Settings,
     inference::{DecodingProfile, MistralRuntime, ensure_weights},
-    ledger::Ledger,
+    ledger::{CheckpointSigner, Ledger},
     policy::{BundleSource, CompiledBundle},
     registry::{ArtifactKind, ArtifactRef, ModelCard, Registry, Runtime, SystemCard, seed_shipped},
     routing::{Router, SystemRoute, TierRoute},
     store::Store,
     telemetry::request_id_middleware,
 };
+
+/// The ledger's private signing key, inside the data directory (owner-only permissions).
+pub const LEDGER_KEY_FILE: &str = "ledger-signing.key";
 
 pub struct Application {
     server: Server,
@@ -37,7 +40,9 @@ impl Application {
         tracing::info!(created = ?report.created, unchanged = report.unchanged.len(), "shipped artifacts loaded");
 
         let systems = load_active_systems(&registry, &settings).await?;
-        let ledger = Arc::new(Ledger::new(store.clone()));
+        let signer = CheckpointSigner::load_or_create(&settings.data_dir.join(LEDGER_KEY_FILE), &settings.ledger_origin)?;
+        tracing::info!(public_key = %signer.verifier_key, "ledger checkpoints are signed with this key");
+        let ledger = Arc::new(Ledger::new(store.clone(), signer));
         let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text));
         let state = web::Data::new(AppState { router, store });
 

@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod health;
+pub mod ledger;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub struct AppState {
     ),
     tags(
         (name = "inference", description = "OpenAI-compatible chat completions routed through the tiers"),
+        (name = "ledger", description = "The tamper-evident decision ledger: checkpoints, proofs, export"),
         (name = "operations", description = "Health, readiness and the API description"),
     )
 )]
@@ -40,7 +42,11 @@ pub fn routes(config: &mut ServiceConfig) {
     config
         .service(chat::create_chat_completion)
         .service(health::healthz)
-        .service(health::readyz);
+        .service(health::readyz)
+        .service(ledger::get_checkpoint)
+        .service(ledger::get_public_key)
+        .service(ledger::get_entry)
+        .service(ledger::export);
 }
 
 /// The OpenAPI 3.1 document, generated from the code (also served at `/openapi.json`).

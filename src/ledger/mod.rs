@@ -1,12 +1,18 @@
 //! The append-only decision ledger: canonical entries, RFC 6962 leaf and stored hashes, tree head.
 
+mod checkpoint;
+mod export;
 mod hashes;
+
+pub use checkpoint::{CheckpointSigner, verify_checkpoint};
+pub use export::{ExportError, VerifiedExport, verify_export};
 
 use std::collections::HashMap;
 
 use anyhow::Context;
 use serde_json::{Value, json};
-use tlog_tiles::{Hash, record_hash, stored_hash_index, stored_hashes, tree_hash};
+use serde::Serialize;
+use tlog_tiles::{Hash, prove_record, record_hash, stored_hash_index, stored_hashes, tree_hash};
 
 use crate::{
     canonical::to_canonical_bytes,
@@ -37,11 +43,86 @@ pub struct Appended {
 pub struct Ledger {
     store: Store,
     append_lock: tokio::sync::Mutex<()>,
+    signer: CheckpointSigner,
+}
+
+/// An entry with its RFC 6962 inclusion proof against a signed checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProvenEntry {
+    pub index: u64,
+    pub entry: Value,
+    /// sha256(0x00 ‖ canonical entry bytes), hex.
+    pub leaf_hash: String,
+    pub tree_size: u64,
+    /// Root hash of the tree of `tree_size` entries, hex.
+    pub root_hash: String,
+    /// The audit path, leaf to root, hex.
+    pub proof: Vec<String>,
+    /// The signed checkpoint (C2SP signed note) for `tree_size` and `root_hash`.
+    pub checkpoint: String,
 }
 
 impl Ledger {
-    pub fn new(store: Store) -> Ledger {
-        Ledger { store, append_lock: tokio::sync::Mutex::new(()) }
+    pub fn new(store: Store, signer: CheckpointSigner) -> Ledger {
+        Ledger { store, append_lock: tokio::sync::Mutex::new(()), signer }
+    }
+
+    /// The note verifier key auditors check checkpoints with.
+    pub fn verifier_key(&self) -> &str {
+        &self.signer.verifier_key
+    }
+
+    /// A freshly signed checkpoint of the current tree: (size, signed note).
+    pub async fn checkpoint(&self) -> anyhow::Result<(u64, String)> {
+        let (size, root) = self.tree_head_hash().await?;
+        Ok((size, self.signer.sign(size, root)?))
+    }
+
+    /// Entry `index` with its inclusion proof against a checkpoint of the current tree.
+    pub async fn prove(&self, index: u64) -> anyhow::Result<Option<ProvenEntry>> {
+        let mut tx = self.store.begin().await?;
+        let size = Store::ledger_size(&mut tx).await? as u64;
+        if index >= size {
+            return Ok(None);
+        }
+        let root = with_stored_hashes(&mut tx, |reader| tree_hash(size, reader)).await?;
+        let proof = with_stored_hashes(&mut tx, |reader| prove_record(size, index, reader)).await?;
+        tx.rollback().await.context("ending read transaction")?;
+        let Some(text) = self.store.ledger_entry(index as i64).await? else {
+            return Ok(None);
+        };
+        Ok(Some(ProvenEntry {
+            index,
+            entry: serde_json::from_str(&text).context("decoding ledger entry")?,
+            leaf_hash: leaf_hash_hex(text.as_bytes()),
+            tree_size: size,
+            root_hash: hex::encode(root.0),
+            proof: proof.iter().map(|h| hex::encode(h.0)).collect(),
+            checkpoint: self.signer.sign(size, root)?,
+        }))
+    }
+
+    /// The whole ledger as an export: a header line with the signed checkpoint, then every
+    /// entry's canonical bytes, one per line (JSON Lines). See [`verify_export`].
+    pub async fn export(&self) -> anyhow::Result<String> {
+        let (size, note) = self.checkpoint().await?;
+        let mut out = export::header_line(size, &note)?;
+        let mut next = 0i64;
+        while (next as u64) < size {
+            let batch = self.store.ledger_entries(next, 1000).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for (index, entry) in batch {
+                if index as u64 >= size {
+                    break;
+                }
+                out.push_str(&entry);
+                out.push('\n');
+                next = index + 1;
+            }
+        }
+        Ok(out)
     }
 
     /// Appends one entry durably: when this returns, the entry and its hashes are committed.
@@ -80,11 +161,16 @@ impl Ledger {
 
     /// Size and root hash (hex) of the tree over every committed entry.
     pub async fn tree_head(&self) -> anyhow::Result<(u64, String)> {
+        let (size, root) = self.tree_head_hash().await?;
+        Ok((size, hex::encode(root.0)))
+    }
+
+    async fn tree_head_hash(&self) -> anyhow::Result<(u64, Hash)> {
         let mut tx = self.store.begin().await?;
         let size = Store::ledger_size(&mut tx).await? as u64;
         let root = with_stored_hashes(&mut tx, |reader| tree_hash(size, reader)).await?;
         tx.rollback().await.context("ending read transaction")?;
-        Ok((size, hex::encode(root.0)))
+        Ok((size, root))
     }
 
     /// The entry at `index` as stored (canonical JSON), if any.

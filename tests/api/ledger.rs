@@ -2,7 +2,10 @@
 
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tiergate::{canonical::to_canonical_bytes, ledger::Ledger};
+use tiergate::{
+    canonical::to_canonical_bytes,
+    ledger::{CheckpointSigner, ExportError, Ledger, verify_checkpoint, verify_export},
+};
 
 use crate::helpers::{spawn_app, user_message};
 
@@ -96,10 +99,115 @@ async fn the_ledger_root_is_the_rfc_6962_hash_of_the_stored_entries() {
     let store = app.store().await;
 
     let rows = store.ledger_entries(0, 100).await.unwrap();
-    let (size, root) = Ledger::new(store).tree_head().await.unwrap();
+    let key = app.settings.data_dir.join("ledger-signing.key");
+    let signer = CheckpointSigner::load_or_create(&key, "unused").unwrap();
+    let (size, root) = Ledger::new(store, signer).tree_head().await.unwrap();
 
     assert_eq!(size, 4);
     assert_eq!(rows.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     let leaves: Vec<Vec<u8>> = rows.into_iter().map(|(_, entry)| entry.into_bytes()).collect();
     assert_eq!(root, hex::encode(merkle_tree_hash(&leaves)));
+}
+
+async fn export_and_key(app: &crate::helpers::TestApp) -> (String, String) {
+    let export = app.get("/v1/ledger/export").await.text().await.unwrap();
+    let key = app.get("/v1/ledger/public-key").await.text().await.unwrap();
+    (export, key)
+}
+
+fn run_verify(export: &str, key: &str) -> (bool, String) {
+    let dir = std::env::temp_dir().join(format!("tiergate-export-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ledger.jsonl");
+    std::fs::write(&file, export).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .args(["ledger", "verify"])
+        .arg(&file)
+        .args(["--key", key.trim()])
+        .output()
+        .unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exported_ledger_verifies_offline_with_the_public_key_alone() {
+    let app = spawn_app().await;
+    for question in ["Hello?", "Goodbye?"] {
+        assert_eq!(app.chat(user_message("always-small", question)).await.status(), 200);
+    }
+    let (export, key) = export_and_key(&app).await;
+
+    let (verified, output) = run_verify(&export, &key);
+
+    assert!(verified, "{output}");
+    assert!(output.contains("verified: 2 entries"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_kind_of_tampering_with_an_export_is_detected() {
+    let app = spawn_app().await;
+    for question in ["One?", "Two?", "Three?"] {
+        assert_eq!(app.chat(user_message("always-small", question)).await.status(), 200);
+    }
+    let (export, key) = export_and_key(&app).await;
+    let lines: Vec<&str> = export.lines().collect();
+    let with_lines = |body: Vec<&str>| format!("{}\n{}\n", lines[0], body.join("\n"));
+
+    let edited = with_lines(vec![lines[1], &lines[2].replace("\"served\"", "\"denied\""), lines[3]]);
+    let deleted = with_lines(vec![lines[1], lines[3]]);
+    let reordered = with_lines(vec![lines[2], lines[1], lines[3]]);
+    let other_key = CheckpointSigner::load_or_create(&std::env::temp_dir().join(format!("k-{}", uuid::Uuid::new_v4())), "tiergate.local/ledger").unwrap();
+
+    assert!(matches!(verify_export(&edited, &key), Err(ExportError::Root { .. })));
+    assert!(matches!(verify_export(&deleted, &key), Err(ExportError::Index { expected: 1, .. })));
+    assert!(matches!(verify_export(&reordered, &key), Err(ExportError::Index { expected: 0, .. })));
+    assert!(matches!(verify_export(&export, &other_key.verifier_key), Err(ExportError::Checkpoint(_))));
+    let (verified, output) = run_verify(&edited, &key);
+    assert!(!verified && output.contains("do not hash to the signed root"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_row_edited_directly_in_the_database_file_fails_verification() {
+    let app = spawn_app().await;
+    for question in ["One?", "Two?"] {
+        assert_eq!(app.chat(user_message("always-small", question)).await.status(), 200);
+    }
+    let store = app.store().await;
+    // An attacker with file access can drop the guard triggers; the Merkle tree still catches it.
+    sqlx::query("DROP TRIGGER ledger_entries_are_append_only_update").execute(store.pool()).await.unwrap();
+    sqlx::query("UPDATE ledger_entries SET entry = replace(entry, '\"served\"', '\"denied\"') WHERE idx = 0")
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    let (export, key) = export_and_key(&app).await;
+
+    let result = verify_export(&export, &key);
+    assert!(matches!(result, Err(ExportError::Root { .. })), "{result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_comes_with_an_inclusion_proof_against_a_signed_checkpoint() {
+    let app = spawn_app().await;
+    for question in ["A?", "B?", "C?", "D?", "E?"] {
+        assert_eq!(app.chat(user_message("always-small", question)).await.status(), 200);
+    }
+    let key = app.get("/v1/ledger/public-key").await.text().await.unwrap();
+
+    let body: Value = app.get("/v1/ledger/entries/3").await.json().await.unwrap();
+
+    let (size, root) = verify_checkpoint(body["checkpoint"].as_str().unwrap(), &key).unwrap();
+    assert_eq!(size, 5);
+    assert_eq!(hex::encode(root.0), body["root_hash"].as_str().unwrap());
+    let leaf = tlog_tiles::record_hash(&to_canonical_bytes(&body["entry"]));
+    assert_eq!(hex::encode(leaf.0), body["leaf_hash"].as_str().unwrap());
+    let proof: Vec<tlog_tiles::Hash> = body["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| tlog_tiles::Hash(hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap()))
+        .collect();
+    assert!(tlog_tiles::check_record(&proof, size, root, 3, leaf).is_ok());
+    assert!(tlog_tiles::check_record(&proof, size, root, 2, leaf).is_err(), "the proof is for entry 3 only");
+    assert_eq!(app.get("/v1/ledger/entries/5").await.status(), 404);
 }
