@@ -52,6 +52,9 @@ enum LedgerCommand {
         /// The ledger's public key (`GET /v1/ledger/public-key`), or a file holding it.
         #[arg(long)]
         key: String,
+        /// An earlier signed checkpoint (file): the export must extend it.
+        #[arg(long)]
+        previous: Option<PathBuf>,
     },
     /// Print the public key of the ledger in a data directory.
     PublicKey {
@@ -80,7 +83,9 @@ async fn main() -> ExitCode {
         Command::Openapi => print_openapi(),
         Command::Cards { command: CardsCommand::Validate { files } } => validate_cards(&files),
         Command::Policy { command: PolicyCommand::Test { dir } } => test_policy(&dir),
-        Command::Ledger { command: LedgerCommand::Verify { export, key } } => verify_ledger(&export, &key),
+        Command::Ledger { command: LedgerCommand::Verify { export, key, previous } } => {
+            verify_ledger(&export, &key, previous.as_deref())
+        }
         Command::Ledger { command: LedgerCommand::PublicKey { data_dir } } => print_public_key(&data_dir),
     };
     match result {
@@ -142,13 +147,16 @@ fn test_policy(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(if passed == results.len() && !results.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn verify_ledger(export: &std::path::Path, key: &str) -> anyhow::Result<ExitCode> {
+fn verify_ledger(export: &std::path::Path, key: &str, previous: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
     let key = match std::fs::read_to_string(key) {
         Ok(text) => text.trim().to_owned(),
         Err(_) => key.trim().to_owned(),
     };
     let text = std::fs::read_to_string(export).map_err(|e| anyhow::anyhow!("{}: {e}", export.display()))?;
-    match verify_export(&text, &key) {
+    let previous = previous
+        .map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
+        .transpose()?;
+    match verify_export(&text, &key, previous.as_deref()) {
         Ok(verified) => {
             println!("verified: {} entries, root {}", verified.tree_size, verified.root_hash);
             Ok(ExitCode::SUCCESS)

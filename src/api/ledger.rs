@@ -78,3 +78,65 @@ pub async fn export(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     let body = state.router.ledger().export().await?;
     Ok(HttpResponse::Ok().content_type("application/x-ndjson").body(body))
 }
+
+#[derive(Serialize, ToSchema)]
+pub struct VerificationBody {
+    /// True when every stored entry hashes to the stored tree.
+    pub verified: bool,
+    pub tree_size: Option<u64>,
+    pub root_hash: Option<String>,
+    /// The first problem found, when not verified.
+    pub problem: Option<String>,
+}
+
+/// Verify the stored ledger: recompute every leaf from the stored entries and compare with
+/// the stored Merkle tree. Tampering done directly in the database shows up here.
+#[utoipa::path(tag = "ledger", responses((status = 200, body = VerificationBody)))]
+#[get("/v1/ledger/verify")]
+pub async fn verify(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let body = match state.router.ledger().verify().await? {
+        Ok(verified) => VerificationBody {
+            verified: true,
+            tree_size: Some(verified.tree_size),
+            root_hash: Some(verified.root_hash),
+            problem: None,
+        },
+        Err(problem) => VerificationBody { verified: false, tree_size: None, root_hash: None, problem: Some(problem.to_string()) },
+    };
+    Ok(HttpResponse::Ok().json(body))
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ConsistencyBody {
+    pub from_size: u64,
+    /// Root of the first `from_size` entries, hex: compare with the checkpoint you kept.
+    pub from_root: String,
+    pub tree_size: u64,
+    pub root_hash: String,
+    /// RFC 6962 consistency proof from `from_size` to `tree_size`, hex.
+    pub proof: Vec<String>,
+    /// Signed checkpoint for `tree_size` and `root_hash`.
+    pub checkpoint: String,
+}
+
+/// Prove that the current log extends the log of `from_size` entries (nothing rewritten).
+#[utoipa::path(
+    tag = "ledger",
+    params(("from_size" = u64, Path, description = "Size of the earlier tree (from an earlier checkpoint)")),
+    responses((status = 200, body = ConsistencyBody), (status = 404, body = ErrorBody))
+)]
+#[get("/v1/ledger/consistency/{from_size}")]
+pub async fn get_consistency(state: web::Data<AppState>, from_size: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+    let from_size = from_size.into_inner();
+    let proof = state.router.ledger().prove_consistency(from_size).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("from_size: {from_size} is not between 1 and the current tree size"))
+    })?;
+    Ok(HttpResponse::Ok().json(ConsistencyBody {
+        from_size: proof.from_size,
+        from_root: proof.from_root,
+        tree_size: proof.tree_size,
+        root_hash: proof.root_hash,
+        proof: proof.proof,
+        checkpoint: proof.checkpoint,
+    }))
+}

@@ -46,7 +46,9 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(ledger::get_checkpoint)
         .service(ledger::get_public_key)
         .service(ledger::get_entry)
-        .service(ledger::export);
+        .service(ledger::export)
+        .service(ledger::verify)
+        .service(ledger::get_consistency);
 }
 
 /// The OpenAPI 3.1 document, generated from the code (also served at `/openapi.json`).

@@ -33,6 +33,10 @@ pub enum ExportError {
     NotCanonical { index: u64 },
     #[error("the entries do not hash to the signed root: computed {computed}, checkpoint says {signed} (an entry was altered)")]
     Root { computed: String, signed: String },
+    #[error("the earlier checkpoint does not verify: {0}")]
+    EarlierCheckpoint(String),
+    #[error("history was rewritten: the first {size} entries hash to {computed}, but the earlier checkpoint signed {signed}")]
+    Inconsistent { size: u64, computed: String, signed: String },
 }
 
 /// What a successful verification establishes.
@@ -44,7 +48,9 @@ pub struct VerifiedExport {
 
 /// Verifies an export with the ledger's public (note verifier) key alone: the checkpoint's
 /// signature, every entry's position and canonical form, and the RFC 6962 root over all leaves.
-pub fn verify_export(export: &str, verifier_key: &str) -> Result<VerifiedExport, ExportError> {
+/// With an `earlier` checkpoint (one the auditor kept from before), it also checks that the
+/// exported log extends it: the first entries must hash to the root that was signed then.
+pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) -> Result<VerifiedExport, ExportError> {
     let mut lines = export.lines();
     let header: Value = lines
         .next()
@@ -90,6 +96,23 @@ pub fn verify_export(export: &str, verifier_key: &str) -> Result<VerifiedExport,
     let computed = tree_hash(size, &hashes).map_err(|e| ExportError::Header(e.to_string()))?;
     if computed != signed_root {
         return Err(ExportError::Root { computed: hex::encode(computed.0), signed: hex::encode(signed_root.0) });
+    }
+    if let Some(earlier) = earlier {
+        let (earlier_size, earlier_root) =
+            verify_checkpoint(earlier, verifier_key).map_err(|e| ExportError::EarlierCheckpoint(format!("{e:#}")))?;
+        if earlier_size > size {
+            return Err(ExportError::EarlierCheckpoint(format!(
+                "it covers {earlier_size} entries, more than this export's {size}: entries were removed"
+            )));
+        }
+        let then = tree_hash(earlier_size, &hashes).map_err(|e| ExportError::Header(e.to_string()))?;
+        if then != earlier_root {
+            return Err(ExportError::Inconsistent {
+                size: earlier_size,
+                computed: hex::encode(then.0),
+                signed: hex::encode(earlier_root.0),
+            });
+        }
     }
     Ok(VerifiedExport { tree_size: size, root_hash: hex::encode(computed.0) })
 }

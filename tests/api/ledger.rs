@@ -158,10 +158,10 @@ async fn every_kind_of_tampering_with_an_export_is_detected() {
     let reordered = with_lines(vec![lines[2], lines[1], lines[3]]);
     let other_key = CheckpointSigner::load_or_create(&std::env::temp_dir().join(format!("k-{}", uuid::Uuid::new_v4())), "tiergate.local/ledger").unwrap();
 
-    assert!(matches!(verify_export(&edited, &key), Err(ExportError::Root { .. })));
-    assert!(matches!(verify_export(&deleted, &key), Err(ExportError::Index { expected: 1, .. })));
-    assert!(matches!(verify_export(&reordered, &key), Err(ExportError::Index { expected: 0, .. })));
-    assert!(matches!(verify_export(&export, &other_key.verifier_key), Err(ExportError::Checkpoint(_))));
+    assert!(matches!(verify_export(&edited, &key, None), Err(ExportError::Root { .. })));
+    assert!(matches!(verify_export(&deleted, &key, None), Err(ExportError::Index { expected: 1, .. })));
+    assert!(matches!(verify_export(&reordered, &key, None), Err(ExportError::Index { expected: 0, .. })));
+    assert!(matches!(verify_export(&export, &other_key.verifier_key, None), Err(ExportError::Checkpoint(_))));
     let (verified, output) = run_verify(&edited, &key);
     assert!(!verified && output.contains("do not hash to the signed root"), "{output}");
 }
@@ -181,9 +181,23 @@ async fn a_row_edited_directly_in_the_database_file_fails_verification() {
         .unwrap();
 
     let (export, key) = export_and_key(&app).await;
+    let served: Value = app.get("/v1/ledger/verify").await.json().await.unwrap();
 
-    let result = verify_export(&export, &key);
+    let result = verify_export(&export, &key, None);
     assert!(matches!(result, Err(ExportError::Root { .. })), "{result:?}");
+    assert_eq!(served["verified"], false);
+    assert!(served["problem"].as_str().unwrap().contains("signed root"), "{served}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_verification_endpoint_passes_on_an_untouched_ledger() {
+    let app = spawn_app().await;
+    assert_eq!(app.chat(user_message("always-small", "Hi")).await.status(), 200);
+
+    let served: Value = app.get("/v1/ledger/verify").await.json().await.unwrap();
+
+    assert_eq!(served["verified"], true, "{served}");
+    assert_eq!(served["tree_size"], 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -210,4 +224,55 @@ async fn an_entry_comes_with_an_inclusion_proof_against_a_signed_checkpoint() {
     assert!(tlog_tiles::check_record(&proof, size, root, 3, leaf).is_ok());
     assert!(tlog_tiles::check_record(&proof, size, root, 2, leaf).is_err(), "the proof is for entry 3 only");
     assert_eq!(app.get("/v1/ledger/entries/5").await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rewritten_history_fails_against_an_earlier_checkpoint_even_when_re_signed() {
+    let app = spawn_app().await;
+    for question in ["One?", "Two?"] {
+        assert_eq!(app.chat(user_message("always-small", question)).await.status(), 200);
+    }
+    let earlier = app.get("/v1/ledger/checkpoint").await.text().await.unwrap();
+    assert_eq!(app.chat(user_message("always-small", "Three?")).await.status(), 200);
+    let (export, key) = export_and_key(&app).await;
+    let proof: Value = app.get("/v1/ledger/consistency/2").await.json().await.unwrap();
+
+    // The honest log extends the earlier checkpoint, by export and by proof.
+    assert!(verify_export(&export, &key, Some(&earlier)).is_ok());
+    let (_, earlier_root) = verify_checkpoint(&earlier, &key).unwrap();
+    let (size, root) = verify_checkpoint(proof["checkpoint"].as_str().unwrap(), &key).unwrap();
+    let hashes: Vec<tlog_tiles::Hash> = proof["proof"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| tlog_tiles::Hash(hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap()))
+        .collect();
+    assert!(tlog_tiles::check_tree(&hashes, size, root, 2, earlier_root).is_ok());
+
+    // An operator with the signing key rewrites entry 0 and re-signs a self-consistent log.
+    let lines: Vec<&str> = export.lines().skip(1).collect();
+    let rewritten: Vec<String> =
+        std::iter::once(lines[0].replace("\"always-small\"", "\"support-triage\"")).chain(lines[1..].iter().map(|l| l.to_string())).collect();
+    let mut hashes = Vec::<tlog_tiles::Hash>::new();
+    struct Mem<'a>(&'a [tlog_tiles::Hash]);
+    impl tlog_tiles::HashReader for Mem<'_> {
+        fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<tlog_tiles::Hash>, tlog_tiles::Error> {
+            Ok(indexes.iter().map(|i| self.0[*i as usize]).collect())
+        }
+    }
+    for (n, line) in rewritten.iter().enumerate() {
+        let new = tlog_tiles::stored_hashes(n as u64, line.as_bytes(), &Mem(&hashes)).unwrap();
+        hashes.extend(new);
+    }
+    let forged_root = tlog_tiles::tree_hash(3, &Mem(&hashes)).unwrap();
+    let signer = CheckpointSigner::load_or_create(&app.settings.data_dir.join("ledger-signing.key"), "unused").unwrap();
+    let forged = format!(
+        "{}\n{}\n",
+        serde_json::json!({"format": "tiergate-ledger-export/1", "tree_size": 3, "checkpoint": signer.sign(3, forged_root).unwrap()}),
+        rewritten.join("\n")
+    );
+
+    assert!(verify_export(&forged, &key, None).is_ok(), "the forgery is internally consistent");
+    let result = verify_export(&forged, &key, Some(&earlier));
+    assert!(matches!(result, Err(ExportError::Inconsistent { size: 2, .. })), "{result:?}");
 }
