@@ -170,7 +170,7 @@ impl Ledger {
     #[tracing::instrument(skip_all, fields(request_id = %draft.request_id, outcome = %draft.outcome))]
     pub async fn append(&self, draft: EntryDraft) -> anyhow::Result<Appended> {
         let _writer = self.append_lock.lock().await;
-        let mut tx = self.store.begin().await?;
+        let mut tx = self.store.begin_write().await?;
         let index = Store::ledger_size(&mut tx).await?;
         let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let mut entry = draft.body;

@@ -94,7 +94,7 @@ impl Store {
 
     /// Writes `new` as the next version of its artifact and returns the version number.
     pub async fn insert_artifact_version(&self, new: &NewArtifactVersion) -> anyhow::Result<i64> {
-        let mut tx = self.pool.begin().await.context("starting artifact transaction")?;
+        let mut tx = self.begin_write().await?;
         let next: i64 = sqlx::query(
             "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT) AS next FROM artifact_versions WHERE kind = $1 AND id = $2",
         )

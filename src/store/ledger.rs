@@ -24,6 +24,17 @@ impl Store {
         self.pool.begin().await.context("starting transaction")
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock up front (waiting up to
+    /// the busy timeout): a deferred transaction that reads first and then writes fails at once
+    /// with SQLITE_BUSY when another writer got in between.
+    pub async fn begin_write(&self) -> anyhow::Result<Transaction<'static, Any>> {
+        match self.backend {
+            super::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            super::Backend::Postgres => self.pool.begin().await,
+        }
+        .context("starting write transaction")
+    }
+
     /// Number of entries (= next index), read inside the appending transaction.
     pub async fn ledger_size(conn: &mut AnyConnection) -> anyhow::Result<i64> {
         let row = sqlx::query("SELECT CAST(COALESCE(MAX(idx) + 1, 0) AS BIGINT) AS n FROM ledger_entries")

@@ -276,3 +276,24 @@ async fn a_rewritten_history_fails_against_an_earlier_checkpoint_even_when_re_si
     let result = verify_export(&forged, &key, Some(&earlier));
     assert!(matches!(result, Err(ExportError::Inconsistent { size: 2, .. })), "{result:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_the_ledger_cannot_write_nothing_is_served() {
+    let app = spawn_app().await;
+    let store = app.store().await;
+    // Another process holds the database's write lock past the busy timeout: appends fail.
+    let mut blocker = store.pool().acquire().await.unwrap();
+    sqlx::query("BEGIN EXCLUSIVE").execute(&mut *blocker).await.unwrap();
+
+    let refused = app.chat(user_message("always-small", "Hello?")).await;
+
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(body["error"]["message"].as_str().unwrap().contains("nothing was served"), "{body}");
+    sqlx::query("ROLLBACK").execute(&mut *blocker).await.unwrap();
+    drop(blocker);
+    let served = app.chat(user_message("always-small", "Hello again?")).await;
+    assert_eq!(served.status(), 200);
+    assert_eq!(app.ledger_count().await, 1, "only the served request is recorded");
+}
