@@ -5,7 +5,10 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::AppState;
-use crate::error::{ApiError, ErrorBody};
+use crate::{
+    error::{ApiError, ErrorBody},
+    ledger::{ConsistencyProof, ProvenEntry},
+};
 
 /// The latest signed checkpoint: a C2SP signed note whose text is a C2SP checkpoint (origin,
 /// tree size, base64 root hash), signed with the ledger's ed25519 key.
@@ -26,29 +29,11 @@ pub async fn get_public_key(state: web::Data<AppState>) -> HttpResponse {
         .body(format!("{}\n", state.router.ledger().verifier_key()))
 }
 
-/// One entry with its RFC 6962 inclusion proof.
-#[derive(Serialize, ToSchema)]
-pub struct ProvenEntryBody {
-    pub index: u64,
-    /// The entry, exactly as hashed (its canonical JSON bytes are the leaf data).
-    #[schema(value_type = Object)]
-    pub entry: serde_json::Value,
-    /// sha256(0x00 ‖ entry bytes), hex.
-    pub leaf_hash: String,
-    pub tree_size: u64,
-    /// Root of the tree of `tree_size` entries, hex.
-    pub root_hash: String,
-    /// Audit path from the leaf to the root, hex.
-    pub proof: Vec<String>,
-    /// Signed checkpoint for `tree_size` and `root_hash`.
-    pub checkpoint: String,
-}
-
 /// Get one ledger entry with its inclusion proof against a freshly signed checkpoint.
 #[utoipa::path(
     tag = "ledger",
     params(("index" = u64, Path, description = "Entry index, from 0")),
-    responses((status = 200, body = ProvenEntryBody), (status = 404, body = ErrorBody))
+    responses((status = 200, body = ProvenEntry), (status = 404, body = ErrorBody))
 )]
 #[get("/v1/ledger/entries/{index}")]
 pub async fn get_entry(state: web::Data<AppState>, index: web::Path<u64>) -> Result<HttpResponse, ApiError> {
@@ -59,15 +44,7 @@ pub async fn get_entry(state: web::Data<AppState>, index: web::Path<u64>) -> Res
         .prove(index)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("index: the ledger has no entry {index}")))?;
-    Ok(HttpResponse::Ok().json(ProvenEntryBody {
-        index: proven.index,
-        entry: proven.entry,
-        leaf_hash: proven.leaf_hash,
-        tree_size: proven.tree_size,
-        root_hash: proven.root_hash,
-        proof: proven.proof,
-        checkpoint: proven.checkpoint,
-    }))
+    Ok(HttpResponse::Ok().json(proven))
 }
 
 /// Export the whole ledger as JSON Lines: a header with the signed checkpoint, then every
@@ -106,24 +83,11 @@ pub async fn verify(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(body))
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct ConsistencyBody {
-    pub from_size: u64,
-    /// Root of the first `from_size` entries, hex: compare with the checkpoint you kept.
-    pub from_root: String,
-    pub tree_size: u64,
-    pub root_hash: String,
-    /// RFC 6962 consistency proof from `from_size` to `tree_size`, hex.
-    pub proof: Vec<String>,
-    /// Signed checkpoint for `tree_size` and `root_hash`.
-    pub checkpoint: String,
-}
-
 /// Prove that the current log extends the log of `from_size` entries (nothing rewritten).
 #[utoipa::path(
     tag = "ledger",
     params(("from_size" = u64, Path, description = "Size of the earlier tree (from an earlier checkpoint)")),
-    responses((status = 200, body = ConsistencyBody), (status = 404, body = ErrorBody))
+    responses((status = 200, body = ConsistencyProof), (status = 404, body = ErrorBody))
 )]
 #[get("/v1/ledger/consistency/{from_size}")]
 pub async fn get_consistency(state: web::Data<AppState>, from_size: web::Path<u64>) -> Result<HttpResponse, ApiError> {
@@ -131,12 +95,5 @@ pub async fn get_consistency(state: web::Data<AppState>, from_size: web::Path<u6
     let proof = state.router.ledger().prove_consistency(from_size).await?.ok_or_else(|| {
         ApiError::NotFound(format!("from_size: {from_size} is not between 1 and the current tree size"))
     })?;
-    Ok(HttpResponse::Ok().json(ConsistencyBody {
-        from_size: proof.from_size,
-        from_root: proof.from_root,
-        tree_size: proof.tree_size,
-        root_hash: proof.root_hash,
-        proof: proof.proof,
-        checkpoint: proof.checkpoint,
-    }))
+    Ok(HttpResponse::Ok().json(proof))
 }

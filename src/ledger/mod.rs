@@ -46,10 +46,12 @@ pub struct Ledger {
     signer: CheckpointSigner,
 }
 
-/// An entry with its RFC 6962 inclusion proof against a signed checkpoint.
-#[derive(Debug, Clone, Serialize)]
+/// An entry with its RFC 6962 inclusion proof against a signed checkpoint (also the API body).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ProvenEntry {
     pub index: u64,
+    /// The entry, exactly as hashed (its canonical JSON bytes are the leaf data).
+    #[schema(value_type = Object)]
     pub entry: Value,
     /// sha256(0x00 ‖ canonical entry bytes), hex.
     pub leaf_hash: String,
@@ -62,13 +64,16 @@ pub struct ProvenEntry {
     pub checkpoint: String,
 }
 
-/// A proof that the current tree extends the tree of an earlier size (RFC 6962 §2.1.2).
-#[derive(Debug, Clone, Serialize)]
+/// A proof that the current tree extends the tree of an earlier size (RFC 6962 §2.1.2; also
+/// the API body).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ConsistencyProof {
     pub from_size: u64,
+    /// Root of the first `from_size` entries, hex: compare with the checkpoint you kept.
     pub from_root: String,
     pub tree_size: u64,
     pub root_hash: String,
+    /// RFC 6962 consistency proof from `from_size` to `tree_size`, hex.
     pub proof: Vec<String>,
     /// Signed checkpoint for `tree_size` and `root_hash`.
     pub checkpoint: String,

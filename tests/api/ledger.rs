@@ -215,12 +215,7 @@ async fn an_entry_comes_with_an_inclusion_proof_against_a_signed_checkpoint() {
     assert_eq!(hex::encode(root.0), body["root_hash"].as_str().unwrap());
     let leaf = tlog_tiles::record_hash(&to_canonical_bytes(&body["entry"]));
     assert_eq!(hex::encode(leaf.0), body["leaf_hash"].as_str().unwrap());
-    let proof: Vec<tlog_tiles::Hash> = body["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| tlog_tiles::Hash(hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap()))
-        .collect();
+    let proof = hashes_from_hex(&body["proof"]);
     assert!(tlog_tiles::check_record(&proof, size, root, 3, leaf).is_ok());
     assert!(tlog_tiles::check_record(&proof, size, root, 2, leaf).is_err(), "the proof is for entry 3 only");
     assert_eq!(app.get("/v1/ledger/entries/5").await.status(), 404);
@@ -241,12 +236,7 @@ async fn a_rewritten_history_fails_against_an_earlier_checkpoint_even_when_re_si
     assert!(verify_export(&export, &key, Some(&earlier)).is_ok());
     let (_, earlier_root) = verify_checkpoint(&earlier, &key).unwrap();
     let (size, root) = verify_checkpoint(proof["checkpoint"].as_str().unwrap(), &key).unwrap();
-    let hashes: Vec<tlog_tiles::Hash> = proof["proof"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| tlog_tiles::Hash(hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap()))
-        .collect();
+    let hashes = hashes_from_hex(&proof["proof"]);
     assert!(tlog_tiles::check_tree(&hashes, size, root, 2, earlier_root).is_ok());
 
     // An operator with the signing key rewrites entry 0 and re-signs a self-consistent log.
@@ -296,4 +286,12 @@ async fn when_the_ledger_cannot_write_nothing_is_served() {
     let served = app.chat(user_message("always-small", "Hello again?")).await;
     assert_eq!(served.status(), 200);
     assert_eq!(app.ledger_count().await, 1, "only the served request is recorded");
+}
+
+fn hashes_from_hex(list: &Value) -> Vec<tlog_tiles::Hash> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|h| tlog_tiles::Hash(hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap()))
+        .collect()
 }
