@@ -271,6 +271,42 @@ pub fn leaf_hash_hex(bytes: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    /// The RFC 6962 reference vectors (certificate-transparency's merkle_tree_test): eight
+    /// leaves and the root of every prefix of them.
+    #[test]
+    fn tree_heads_match_the_rfc_6962_reference_vectors() {
+        let leaves: [&[u8]; 8] = [
+            b"",
+            b"\x00",
+            b"\x10",
+            b"\x20\x21",
+            b"\x30\x31",
+            b"\x40\x41\x42\x43",
+            b"\x50\x51\x52\x53\x54\x55\x56\x57",
+            b"\x60\x61\x62\x63\x64\x65\x66\x67\x68\x69\x6a\x6b\x6c\x6d\x6e\x6f",
+        ];
+        let roots = [
+            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d",
+            "fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125",
+            "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77",
+            "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
+            "4e3bbb1f7b478dcfe71fb631631519a3bca12c9aefca1612bfce4c13a86264d4",
+            "76e67dadbcdf1e10e1b74ddc608abd2f98dfb16fbce75277b5232a127f2087ef",
+            "ddb89be403809e325750d3d263cd78929c2942b7942a34b77e122c9594a74c8c",
+            "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328",
+        ];
+        let mut known: HashMap<u64, Hash> = HashMap::new();
+        for (n, leaf) in leaves.iter().enumerate() {
+            let n = n as u64;
+            let new = stored_hashes(n, leaf, &PrefetchedHashes::new(&known)).unwrap();
+            for (offset, hash) in new.into_iter().enumerate() {
+                known.insert(stored_hash_index(0, n) + offset as u64, hash);
+            }
+            let root = tree_hash(n + 1, &PrefetchedHashes::new(&known)).unwrap();
+            assert_eq!(hex::encode(root.0), roots[n as usize], "tree of {} leaves", n + 1);
+        }
+    }
+
     #[test]
     fn leaf_hashes_follow_rfc_6962() {
         // RFC 6962 §2.1: MTH({d(0)}) = SHA-256(0x00 || d(0)); the empty leaf's hash is a
