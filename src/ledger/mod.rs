@@ -7,7 +7,10 @@ mod hashes;
 pub use checkpoint::{CheckpointSigner, verify_checkpoint};
 pub use export::{ExportError, VerifiedExport, verify_export};
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use anyhow::Context;
 use serde_json::{Value, json};
@@ -42,8 +45,18 @@ pub struct Appended {
 #[derive(Debug)]
 pub struct Ledger {
     store: Store,
-    append_lock: tokio::sync::Mutex<()>,
+    /// Held by the task committing a batch; index assignment happens only under it (and, on
+    /// SQLite, under the database write lock as well).
+    append_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Entries waiting for the next group commit.
+    queue: Mutex<Vec<Pending>>,
     signer: CheckpointSigner,
+}
+
+#[derive(Debug)]
+struct Pending {
+    draft: EntryDraft,
+    reply: tokio::sync::oneshot::Sender<Result<Appended, String>>,
 }
 
 /// An entry with its RFC 6962 inclusion proof against a signed checkpoint (also the API body).
@@ -81,7 +94,7 @@ pub struct ConsistencyProof {
 
 impl Ledger {
     pub fn new(store: Store, signer: CheckpointSigner) -> Ledger {
-        Ledger { store, append_lock: tokio::sync::Mutex::new(()), signer }
+        Ledger { store, append_lock: Arc::new(tokio::sync::Mutex::new(())), queue: Mutex::new(Vec::new()), signer }
     }
 
     /// The note verifier key auditors check checkpoints with.
@@ -172,37 +185,27 @@ impl Ledger {
     }
 
     /// Appends one entry durably: when this returns, the entry and its hashes are committed.
+    ///
+    /// Group commit: concurrent appends queue up; whoever holds the writer lock commits every
+    /// queued entry in one transaction (one fsync), then each caller gets its own index. The
+    /// batch runs on its own task, so a caller that goes away (client disconnect) cannot leave
+    /// a batch half-done, and nobody is told "committed" before the commit returns.
     #[tracing::instrument(skip_all, fields(request_id = %draft.request_id, outcome = %draft.outcome))]
     pub async fn append(&self, draft: EntryDraft) -> anyhow::Result<Appended> {
-        let _writer = self.append_lock.lock().await;
-        let mut tx = self.store.begin_write().await?;
-        let index = Store::ledger_size(&mut tx).await?;
-        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        let mut entry = draft.body;
-        if let Value::Object(map) = &mut entry {
-            map.insert("index".into(), json!(index));
-            map.insert("time".into(), json!(created_at));
-            map.insert("type".into(), json!(draft.entry_type));
-            map.insert("request_id".into(), json!(draft.request_id));
-        } else {
-            anyhow::bail!("ledger entry body must be a JSON object");
+        let (reply, mut answer) = tokio::sync::oneshot::channel();
+        self.queue.lock().map_err(|_| anyhow::anyhow!("ledger queue poisoned"))?.push(Pending { draft, reply });
+        let writer = self.append_lock.clone().lock_owned().await;
+        // A batch led by another caller may already have committed (or failed) this entry.
+        if let Ok(result) = answer.try_recv() {
+            return result.map_err(anyhow::Error::msg);
         }
-        let bytes = to_canonical_bytes(&entry);
-        let n = index as u64;
-        let new_hashes = with_stored_hashes(&mut tx, |reader| stored_hashes(n, &bytes, reader)).await?;
-        let row = NewLedgerRow {
-            index,
-            created_at,
-            request_id: draft.request_id,
-            entry_type: draft.entry_type.to_owned(),
-            system_id: draft.system_id,
-            outcome: draft.outcome,
-            entry: String::from_utf8(bytes).context("canonical entry is not UTF-8")?,
-        };
-        let hash_bytes: Vec<Vec<u8>> = new_hashes.iter().map(|h| h.0.to_vec()).collect();
-        Store::ledger_insert(&mut tx, &row, stored_hash_index(0, n) as i64, &hash_bytes).await?;
-        tx.commit().await.context("committing ledger entry")?;
-        Ok(Appended { index: n, leaf_hash: hex::encode(new_hashes[0].0) })
+        let batch = std::mem::take(&mut *self.queue.lock().map_err(|_| anyhow::anyhow!("ledger queue poisoned"))?);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let _writer = writer;
+            commit_batch(&store, batch).await;
+        });
+        answer.await.map_err(|_| anyhow::anyhow!("ledger batch ended without an answer"))?.map_err(anyhow::Error::msg)
     }
 
     /// Size and root hash (hex) of the tree over every committed entry.
@@ -226,6 +229,62 @@ impl Ledger {
             None => Ok(None),
         }
     }
+}
+
+/// Commits `batch` in one transaction and answers every caller; on failure nobody's entry
+/// is committed and every caller gets the error.
+async fn commit_batch(store: &Store, batch: Vec<Pending>) {
+    let (drafts, replies): (Vec<EntryDraft>, Vec<_>) = batch.into_iter().map(|p| (p.draft, p.reply)).unzip();
+    match write_batch(store, drafts).await {
+        Ok(appended) => {
+            for (reply, appended) in replies.into_iter().zip(appended) {
+                let _ = reply.send(Ok(appended));
+            }
+        }
+        Err(error) => {
+            tracing::error!(error = ?error, entries = replies.len(), "ledger batch failed; nothing in it was committed");
+            let message = format!("{error:#}");
+            for reply in replies {
+                let _ = reply.send(Err(message.clone()));
+            }
+        }
+    }
+}
+
+async fn write_batch(store: &Store, drafts: Vec<EntryDraft>) -> anyhow::Result<Vec<Appended>> {
+    let mut tx = store.begin_write().await?;
+    let first = Store::ledger_size(&mut tx).await?;
+    let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut appended = Vec::with_capacity(drafts.len());
+    for (offset, draft) in drafts.into_iter().enumerate() {
+        let index = first + offset as i64;
+        let mut entry = draft.body;
+        let Value::Object(map) = &mut entry else {
+            anyhow::bail!("ledger entry body must be a JSON object");
+        };
+        map.insert("index".into(), json!(index));
+        map.insert("time".into(), json!(created_at));
+        map.insert("type".into(), json!(draft.entry_type));
+        map.insert("request_id".into(), json!(draft.request_id));
+        let bytes = to_canonical_bytes(&entry);
+        let n = index as u64;
+        // Reads see the hashes this transaction has written for earlier entries of the batch.
+        let new_hashes = with_stored_hashes(&mut tx, |reader| stored_hashes(n, &bytes, reader)).await?;
+        let row = NewLedgerRow {
+            index,
+            created_at: created_at.clone(),
+            request_id: draft.request_id,
+            entry_type: draft.entry_type.to_owned(),
+            system_id: draft.system_id,
+            outcome: draft.outcome,
+            entry: String::from_utf8(bytes).context("canonical entry is not UTF-8")?,
+        };
+        let hash_bytes: Vec<Vec<u8>> = new_hashes.iter().map(|h| h.0.to_vec()).collect();
+        Store::ledger_insert(&mut tx, &row, stored_hash_index(0, n) as i64, &hash_bytes).await?;
+        appended.push(Appended { index: n, leaf_hash: hex::encode(new_hashes[0].0) });
+    }
+    tx.commit().await.context("committing ledger batch")?;
+    Ok(appended)
 }
 
 /// Runs a tlog computation that reads stored hashes: tlog's reader is synchronous, so the

@@ -295,3 +295,40 @@ fn hashes_from_hex(list: &Value) -> Vec<tlog_tiles::Hash> {
         .map(|h| tlog_tiles::Hash(hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap()))
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_appends_share_commits_and_form_one_gap_free_verifiable_log() {
+    let dir = std::env::temp_dir().join(format!("tiergate-group-{}", uuid::Uuid::new_v4()));
+    let store = tiergate::store::Store::connect(&format!("sqlite://{}/ledger.db?mode=rwc", dir.display())).await.unwrap();
+    store.migrate().await.unwrap();
+    let signer = CheckpointSigner::load_or_create(&dir.join("key"), "test/ledger").unwrap();
+    let ledger = std::sync::Arc::new(Ledger::new(store, signer));
+
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let draft = tiergate::ledger::EntryDraft {
+                    entry_type: "inference",
+                    request_id: format!("r{i}"),
+                    system_id: None,
+                    outcome: "served".into(),
+                    body: json!({"n": i}),
+                };
+                (i, ledger.append(draft).await.unwrap().index)
+            })
+        })
+        .collect();
+    let mut indexes = Vec::new();
+    for task in tasks {
+        let (i, index) = task.await.unwrap();
+        let entry = ledger.entry(index).await.unwrap().unwrap();
+        assert_eq!(entry["n"], i, "each caller is told the index of its own entry");
+        indexes.push(index);
+    }
+
+    indexes.sort();
+    assert_eq!(indexes, (0..200).collect::<Vec<u64>>());
+    let verified = ledger.verify().await.unwrap().unwrap();
+    assert_eq!(verified.tree_size, 200);
+}
