@@ -53,6 +53,7 @@ impl Application {
                 .into_utoipa_app()
                 .openapi(ApiDoc::openapi())
                 .app_data(state.clone())
+                .app_data(api::query_config())
                 .configure(api::routes)
                 .openapi_service(|document| SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document))
                 .into_app()

@@ -1,13 +1,14 @@
 //! Ledger endpoints for auditors: signed checkpoint, public key, entries with inclusion proofs, export.
 
 use actix_web::{HttpResponse, get, web};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use crate::{
     error::{ApiError, ErrorBody},
-    ledger::{ConsistencyProof, ProvenEntry},
+    ledger::{ConsistencyProof, LedgerRecord, ProvenEntry},
+    store::LedgerFilter,
 };
 
 /// The latest signed checkpoint: a C2SP signed note whose text is a C2SP checkpoint (origin,
@@ -96,4 +97,116 @@ pub async fn get_consistency(state: web::Data<AppState>, from_size: web::Path<u6
         ApiError::NotFound(format!("from_size: {from_size} is not between 1 and the current tree size"))
     })?;
     Ok(HttpResponse::Ok().json(proof))
+}
+
+/// Filters for listing ledger entries; all are optional and narrow the result.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LedgerQuery {
+    /// First index (inclusive).
+    pub from_index: Option<u64>,
+    /// Last index (exclusive).
+    pub to_index: Option<u64>,
+    /// Entries written at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// Entries written before this RFC 3339 time.
+    pub until: Option<String>,
+    /// System card id.
+    pub system: Option<String>,
+    /// Policy bundle `id@version`.
+    pub policy: Option<String>,
+    /// `served`, `denied` or `held_for_review`.
+    pub outcome: Option<String>,
+    /// Index of the tier that served the answer.
+    pub tier: Option<u64>,
+    /// `inference` or `governance`.
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    pub entry_type: Option<String>,
+    /// At most this many entries (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+fn rfc3339_param(name: &str, value: &Option<String>) -> Result<Option<String>, ApiError> {
+    value
+        .as_deref()
+        .map(|text| {
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map(|t| t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+                .map_err(|e| ApiError::InvalidRequest(format!("{name}: {text:?} is not an RFC 3339 time ({e})")))
+        })
+        .transpose()
+}
+
+impl LedgerQuery {
+    fn into_filter(self) -> Result<LedgerFilter, ApiError> {
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::InvalidRequest(format!("limit: {limit} is outside 1..=1000")));
+        }
+        Ok(LedgerFilter {
+            from_index: self.from_index.map(|i| i as i64),
+            to_index: self.to_index.map(|i| i as i64),
+            since: rfc3339_param("since", &self.since)?,
+            until: rfc3339_param("until", &self.until)?,
+            system_id: self.system,
+            policy: self.policy,
+            outcome: self.outcome,
+            served_tier: self.tier.map(|t| t as i64),
+            entry_type: self.entry_type,
+            limit: i64::from(limit),
+        })
+    }
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct LedgerPage {
+    pub entries: Vec<LedgerRecord>,
+    /// Pass as `from_index` to get the next page; absent on the last page.
+    pub next_from_index: Option<u64>,
+}
+
+/// List ledger entries by index range, time range, system, policy version, tier served,
+/// outcome or type.
+#[utoipa::path(tag = "ledger", params(LedgerQuery), responses((status = 200, body = LedgerPage), (status = 422, body = ErrorBody)))]
+#[get("/v1/ledger/entries")]
+pub async fn list_entries(state: web::Data<AppState>, query: web::Query<LedgerQuery>) -> Result<HttpResponse, ApiError> {
+    let filter = query.into_inner().into_filter()?;
+    let entries = state.router.ledger().query(&filter).await?;
+    let next_from_index = (entries.len() as i64 == filter.limit).then(|| entries.last().map(|e| e.index + 1)).flatten();
+    Ok(HttpResponse::Ok().json(LedgerPage { entries, next_from_index }))
+}
+
+/// The same listing as CSV for spreadsheets (one row per entry, without the entry body; the
+/// leaf hash ties each row to the verifiable log).
+#[utoipa::path(tag = "ledger", params(LedgerQuery), responses((status = 200, description = "CSV", content_type = "text/csv", body = String), (status = 422, body = ErrorBody)))]
+#[get("/v1/ledger/entries.csv")]
+pub async fn list_entries_csv(state: web::Data<AppState>, query: web::Query<LedgerQuery>) -> Result<HttpResponse, ApiError> {
+    let filter = query.into_inner().into_filter()?;
+    let entries = state.router.ledger().query(&filter).await?;
+    let mut csv = String::from("index,time,request_id,type,system,policy,outcome,served_tier,leaf_hash\r\n");
+    for e in entries {
+        let fields = [
+            e.index.to_string(),
+            e.time,
+            e.request_id,
+            e.entry_type,
+            e.system.unwrap_or_default(),
+            e.policy.unwrap_or_default(),
+            e.outcome,
+            e.served_tier.map(|t| t.to_string()).unwrap_or_default(),
+            e.leaf_hash,
+        ];
+        let row: Vec<String> = fields.iter().map(|f| csv_field(f)).collect();
+        csv.push_str(&row.join(","));
+        csv.push_str("\r\n");
+    }
+    Ok(HttpResponse::Ok().content_type("text/csv; charset=utf-8").body(csv))
+}
+
+/// RFC 4180 quoting; a leading formula character is neutralised so a spreadsheet never runs
+/// a value from the ledger as a formula.
+fn csv_field(value: &str) -> String {
+    let value = if value.starts_with(['=', '+', '-', '@']) { format!("'{value}") } else { value.to_owned() };
+    if value.contains([',', '"', '\r', '\n']) { format!("\"{}\"", value.replace('"', "\"\"")) } else { value }
 }

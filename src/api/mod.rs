@@ -45,6 +45,8 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(health::readyz)
         .service(ledger::get_checkpoint)
         .service(ledger::get_public_key)
+        .service(ledger::list_entries)
+        .service(ledger::list_entries_csv)
         .service(ledger::get_entry)
         .service(ledger::export)
         .service(ledger::verify)
@@ -59,6 +61,11 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         .configure(routes)
         .split_for_parts();
     document
+}
+
+/// Query-string errors get the documented JSON error body too, naming the parameter.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|error, _req| ApiError::InvalidRequest(format!("query: {error}")).into())
 }
 
 /// JSON for unknown paths, so that clients always get the documented error body.

@@ -19,7 +19,7 @@ use tlog_tiles::{Hash, prove_record, prove_tree, record_hash, stored_hash_index,
 
 use crate::{
     canonical::to_canonical_bytes,
-    store::{NewLedgerRow, Store},
+    store::{LedgerFilter, NewLedgerRow, Store},
 };
 use hashes::PrefetchedHashes;
 
@@ -92,6 +92,26 @@ pub struct ConsistencyProof {
     pub checkpoint: String,
 }
 
+/// One entry as listed to an auditor (also the API body).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct LedgerRecord {
+    pub index: u64,
+    pub time: String,
+    pub request_id: String,
+    /// `inference` or `governance`.
+    #[serde(rename = "type")]
+    pub entry_type: String,
+    pub system: Option<String>,
+    /// Policy bundle `id@version` that decided.
+    pub policy: Option<String>,
+    pub outcome: String,
+    pub served_tier: Option<u64>,
+    /// sha256(0x00 ‖ entry bytes), hex: the Merkle leaf.
+    pub leaf_hash: String,
+    #[schema(value_type = Object)]
+    pub entry: Value,
+}
+
 impl Ledger {
     pub fn new(store: Store, signer: CheckpointSigner) -> Ledger {
         Ledger { store, append_lock: Arc::new(tokio::sync::Mutex::new(())), queue: Mutex::new(Vec::new()), signer }
@@ -151,6 +171,29 @@ impl Ledger {
             proof: proof.iter().map(|h| hex::encode(h.0)).collect(),
             checkpoint: self.signer.sign(size, root)?,
         }))
+    }
+
+    /// Entries matching `filter`, in index order.
+    pub async fn query(&self, filter: &LedgerFilter) -> anyhow::Result<Vec<LedgerRecord>> {
+        self.store
+            .ledger_query(filter)
+            .await?
+            .into_iter()
+            .map(|row| {
+                Ok(LedgerRecord {
+                    index: row.index as u64,
+                    time: row.created_at,
+                    request_id: row.request_id,
+                    entry_type: row.entry_type,
+                    system: row.system_id,
+                    policy: row.policy,
+                    outcome: row.outcome,
+                    served_tier: row.served_tier.map(|t| t as u64),
+                    leaf_hash: leaf_hash_hex(row.entry.as_bytes()),
+                    entry: serde_json::from_str(&row.entry).context("decoding ledger entry")?,
+                })
+            })
+            .collect()
     }
 
     /// Recomputes every leaf from the stored entries and checks them against the stored tree
@@ -266,6 +309,8 @@ async fn write_batch(store: &Store, drafts: Vec<EntryDraft>) -> anyhow::Result<V
         map.insert("time".into(), json!(created_at));
         map.insert("type".into(), json!(draft.entry_type));
         map.insert("request_id".into(), json!(draft.request_id));
+        let policy = map.get("policy").and_then(|p| Some(format!("{}@{}", p.get("id")?.as_str()?, p.get("version")?)));
+        let served_tier = map.get("served_tier").and_then(Value::as_i64);
         let bytes = to_canonical_bytes(&entry);
         let n = index as u64;
         // Reads see the hashes this transaction has written for earlier entries of the batch.
@@ -276,7 +321,9 @@ async fn write_batch(store: &Store, drafts: Vec<EntryDraft>) -> anyhow::Result<V
             request_id: draft.request_id,
             entry_type: draft.entry_type.to_owned(),
             system_id: draft.system_id,
+            policy,
             outcome: draft.outcome,
+            served_tier,
             entry: String::from_utf8(bytes).context("canonical entry is not UTF-8")?,
         };
         let hash_bytes: Vec<Vec<u8>> = new_hashes.iter().map(|h| h.0.to_vec()).collect();

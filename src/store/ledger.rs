@@ -15,7 +15,42 @@ pub struct NewLedgerRow {
     pub request_id: String,
     pub entry_type: String,
     pub system_id: Option<String>,
+    /// Policy bundle `id@version` that decided, when there was one.
+    pub policy: Option<String>,
     pub outcome: String,
+    pub served_tier: Option<i64>,
+    pub entry: String,
+}
+
+/// Which entries an auditor asks for; every field narrows the result.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerFilter {
+    pub from_index: Option<i64>,
+    /// Exclusive.
+    pub to_index: Option<i64>,
+    /// RFC 3339 UTC with microseconds (the stored format), inclusive.
+    pub since: Option<String>,
+    /// Exclusive.
+    pub until: Option<String>,
+    pub system_id: Option<String>,
+    pub policy: Option<String>,
+    pub outcome: Option<String>,
+    pub served_tier: Option<i64>,
+    pub entry_type: Option<String>,
+    pub limit: i64,
+}
+
+/// A stored entry with the columns it is filtered by.
+#[derive(Debug, Clone)]
+pub struct LedgerRow {
+    pub index: i64,
+    pub created_at: String,
+    pub request_id: String,
+    pub entry_type: String,
+    pub system_id: Option<String>,
+    pub policy: Option<String>,
+    pub outcome: String,
+    pub served_tier: Option<i64>,
     pub entry: String,
 }
 
@@ -75,8 +110,8 @@ impl Store {
         hashes: &[Vec<u8>],
     ) -> anyhow::Result<()> {
         sqlx::query(
-            "INSERT INTO ledger_entries (idx, created_at, request_id, entry_type, system_id, outcome, entry)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO ledger_entries (idx, created_at, request_id, entry_type, system_id, outcome, entry, policy, served_tier)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(row.index)
         .bind(&row.created_at)
@@ -85,6 +120,8 @@ impl Store {
         .bind(&row.system_id)
         .bind(&row.outcome)
         .bind(&row.entry)
+        .bind(&row.policy)
+        .bind(row.served_tier)
         .execute(&mut *conn)
         .await
         .with_context(|| format!("inserting ledger entry {}", row.index))?;
@@ -121,6 +158,72 @@ impl Store {
             .map(|row| Ok((row.try_get("idx")?, row.try_get("entry")?)))
             .collect::<Result<_, sqlx::Error>>()
             .context("decoding ledger entries")
+    }
+
+    /// Entries matching `filter`, in index order.
+    pub async fn ledger_query(&self, filter: &LedgerFilter) -> anyhow::Result<Vec<LedgerRow>> {
+        // Only fixed column names and numbered placeholders go into the SQL; values are bound.
+        let mut conditions: Vec<String> = Vec::new();
+        let mut text_values: Vec<(usize, String)> = Vec::new();
+        let mut int_values: Vec<(usize, i64)> = Vec::new();
+        let mut next = 1usize;
+        let mut int_condition = |sql: &str, value: Option<i64>, conditions: &mut Vec<String>, next: &mut usize| {
+            if let Some(value) = value {
+                conditions.push(format!("{sql} ${next}"));
+                int_values.push((*next, value));
+                *next += 1;
+            }
+        };
+        int_condition("idx >=", filter.from_index, &mut conditions, &mut next);
+        int_condition("idx <", filter.to_index, &mut conditions, &mut next);
+        int_condition("served_tier =", filter.served_tier, &mut conditions, &mut next);
+        for (sql, value) in [
+            ("created_at >=", &filter.since),
+            ("created_at <", &filter.until),
+            ("system_id =", &filter.system_id),
+            ("policy =", &filter.policy),
+            ("outcome =", &filter.outcome),
+            ("entry_type =", &filter.entry_type),
+        ] {
+            if let Some(value) = value {
+                conditions.push(format!("{sql} ${next}"));
+                text_values.push((next, value.clone()));
+                next += 1;
+            }
+        }
+        let where_clause = if conditions.is_empty() { String::new() } else { format!("WHERE {}", conditions.join(" AND ")) };
+        let sql = format!(
+            "SELECT idx, created_at, request_id, entry_type, system_id, policy, outcome, served_tier, entry
+             FROM ledger_entries {where_clause} ORDER BY idx LIMIT ${next}"
+        );
+        // Bind in placeholder order.
+        let mut binds: Vec<(usize, Result<i64, String>)> = int_values.into_iter().map(|(i, v)| (i, Ok(v))).collect();
+        binds.extend(text_values.into_iter().map(|(i, v)| (i, Err(v))));
+        binds.sort_by_key(|(i, _)| *i);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (_, value) in binds {
+            query = match value {
+                Ok(number) => query.bind(number),
+                Err(text) => query.bind(text),
+            };
+        }
+        let rows = query.bind(filter.limit).fetch_all(&self.pool).await.context("querying the ledger")?;
+        rows.iter()
+            .map(|row| {
+                Ok(LedgerRow {
+                    index: row.try_get("idx")?,
+                    created_at: row.try_get("created_at")?,
+                    request_id: row.try_get("request_id")?,
+                    entry_type: row.try_get("entry_type")?,
+                    system_id: row.try_get("system_id")?,
+                    policy: row.try_get("policy")?,
+                    outcome: row.try_get("outcome")?,
+                    served_tier: row.try_get("served_tier")?,
+                    entry: row.try_get("entry")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding ledger rows")
     }
 
     pub async fn ledger_count(&self) -> anyhow::Result<i64> {

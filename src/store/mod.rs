@@ -4,7 +4,7 @@ mod artifacts;
 mod ledger;
 
 pub use artifacts::{NewArtifactVersion, StoredArtifactVersion};
-pub use ledger::NewLedgerRow;
+pub use ledger::{LedgerFilter, LedgerRow, NewLedgerRow};
 
 use std::str::FromStr;
 

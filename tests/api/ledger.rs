@@ -332,3 +332,44 @@ async fn concurrent_appends_share_commits_and_form_one_gap_free_verifiable_log()
     let verified = ledger.verify().await.unwrap().unwrap();
     assert_eq!(verified.tree_size, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auditors_can_list_and_filter_entries_as_json_and_csv() {
+    let app = spawn_app().await;
+    assert_eq!(app.chat(user_message("always-small", "One?")).await.status(), 200);
+    assert_eq!(app.chat(user_message("escalate-once", "Two?")).await.status(), 200);
+    let mut denied = user_message("support-triage", "x");
+    denied["metadata"] = json!({"use_case": "weapons"});
+    assert_eq!(app.chat(denied).await.status(), 403);
+    assert_eq!(app.chat(user_message("always-small", "Three?")).await.status(), 200);
+    let list = |query: &'static str| {
+        let app = &app;
+        async move { app.get(&format!("/v1/ledger/entries?{query}")).await.json::<Value>().await.unwrap() }
+    };
+    let indexes = |page: &Value| page["entries"].as_array().unwrap().iter().map(|e| e["index"].as_u64().unwrap()).collect::<Vec<_>>();
+
+    assert_eq!(indexes(&list("system=always-small").await), vec![0, 3]);
+    assert_eq!(indexes(&list("outcome=denied").await), vec![2]);
+    assert_eq!(indexes(&list("tier=1").await), vec![1]);
+    assert_eq!(indexes(&list("policy=tiergate-default@1&from_index=1&to_index=3").await), vec![1, 2]);
+    let page = list("limit=2").await;
+    assert_eq!(indexes(&page), vec![0, 1]);
+    assert_eq!(page["next_from_index"], 2);
+    assert_eq!(page["entries"][0]["entry"]["system"]["id"], "always-small");
+    assert_eq!(indexes(&list("since=2999-01-01T00:00:00Z").await), Vec::<u64>::new());
+    assert_eq!(indexes(&list("until=2999-01-01T00:00:00Z").await).len(), 4);
+
+    let bad_time = app.get("/v1/ledger/entries?since=yesterday").await;
+    assert_eq!(bad_time.status(), 422);
+    assert!(bad_time.text().await.unwrap().contains("since"));
+    let bad_limit = app.get("/v1/ledger/entries?limit=many").await;
+    assert_eq!(bad_limit.status(), 422);
+    let body: Value = bad_limit.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+
+    let csv = app.get("/v1/ledger/entries.csv?system=always-small").await.text().await.unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "index,time,request_id,type,system,policy,outcome,served_tier,leaf_hash");
+    assert_eq!(rows.len(), 3, "{csv}");
+    assert!(rows[1].starts_with("0,") && rows[1].contains(",always-small,tiergate-default@1,served,0,"), "{csv}");
+}
