@@ -5,7 +5,7 @@ use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use tiergate::{
     config::{Settings, SettingsArgs},
-    ledger::{CheckpointSigner, verify_export},
+    ledger::{BUNDLE_FORMAT, CheckpointSigner, verify_bundle, verify_export},
     policy::{BundleSource, CompiledBundle, TestOutcome},
     registry::{ArtifactRef, parse_card},
     startup::{Application, LEDGER_KEY_FILE},
@@ -47,7 +47,7 @@ enum LedgerCommand {
     /// Verify an export offline (no database): checkpoint signature, every entry, the Merkle
     /// root. Exit status 0 = verified, 1 = not.
     Verify {
-        /// The export file (`GET /v1/ledger/export`).
+        /// The export (`GET /v1/ledger/export`) or audit bundle (`GET /v1/ledger/bundle`) file.
         export: PathBuf,
         /// The ledger's public key (`GET /v1/ledger/public-key`), or a file holding it.
         #[arg(long)]
@@ -156,6 +156,21 @@ fn verify_ledger(export: &std::path::Path, key: &str, previous: Option<&std::pat
     let previous = previous
         .map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
         .transpose()?;
+    // An audit bundle is one JSON document; an export is JSON Lines.
+    if let Ok(bundle) = serde_json::from_str::<serde_json::Value>(&text) {
+        if bundle.get("format").and_then(|f| f.as_str()) == Some(BUNDLE_FORMAT) {
+            return Ok(match verify_bundle(&bundle, &key) {
+                Ok(verified) => {
+                    println!("verified bundle: {} entries, root {}, every cited artifact present and intact", verified.tree_size, verified.root_hash);
+                    ExitCode::SUCCESS
+                }
+                Err(error) => {
+                    println!("NOT verified: {error}");
+                    ExitCode::FAILURE
+                }
+            });
+        }
+    }
     match verify_export(&text, &key, previous.as_deref()) {
         Ok(verified) => {
             println!("verified: {} entries, root {}", verified.tree_size, verified.root_hash);

@@ -210,3 +210,11 @@ fn csv_field(value: &str) -> String {
     let value = if value.starts_with(['=', '+', '-', '@']) { format!("'{value}") } else { value.to_owned() };
     if value.contains([',', '"', '\r', '\n']) { format!("\"{}\"", value.replace('"', "\"\"")) } else { value }
 }
+
+/// The auditor bundle: the export, the public key, and every card and policy version the
+/// entries cite, by digest. Verify with `tiergate ledger verify <bundle> --key <key>`.
+#[utoipa::path(tag = "ledger", responses((status = 200, description = "Audit bundle (JSON)", body = Object)))]
+#[get("/v1/ledger/bundle")]
+pub async fn audit_bundle(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.router.ledger().audit_bundle().await?))
+}

@@ -49,6 +49,7 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(ledger::list_entries_csv)
         .service(ledger::get_entry)
         .service(ledger::export)
+        .service(ledger::audit_bundle)
         .service(ledger::verify)
         .service(ledger::get_consistency);
 }

@@ -1,9 +1,11 @@
 //! The append-only decision ledger: canonical entries, RFC 6962 leaf and stored hashes, tree head.
 
+mod bundle;
 mod checkpoint;
 mod export;
 mod hashes;
 
+pub use bundle::{BUNDLE_FORMAT, BundleError, verify_bundle};
 pub use checkpoint::{CheckpointSigner, verify_checkpoint};
 pub use export::{ExportError, VerifiedExport, verify_export};
 
@@ -194,6 +196,29 @@ impl Ledger {
                 })
             })
             .collect()
+    }
+
+    /// The auditor bundle: the export, the public key, and every card and policy version the
+    /// entries cite (original text, canonical form, digest), so an auditor holds everything.
+    pub async fn audit_bundle(&self) -> anyhow::Result<Value> {
+        let export = self.export().await?;
+        let mut digests = std::collections::BTreeSet::new();
+        for line in export.lines().skip(1) {
+            let entry: Value = serde_json::from_str(line).context("decoding exported entry")?;
+            digests.extend(bundle::cited_digests(&entry));
+        }
+        let digests: Vec<String> = digests.into_iter().collect();
+        let artifacts = self
+            .store
+            .artifact_versions_by_digests(&digests)
+            .await?
+            .into_iter()
+            .map(|a| {
+                json!({"kind": a.kind, "id": a.id, "version": a.version, "digest": a.digest,
+                       "canonical": a.canonical, "original": a.original, "status": a.status})
+            })
+            .collect();
+        Ok(bundle::bundle_document(export, &self.signer.verifier_key, artifacts))
     }
 
     /// Recomputes every leaf from the stored entries and checks them against the stored tree

@@ -205,3 +205,26 @@ impl Store {
         row.map(|row| row.try_get("version")).transpose().context("decoding alias")
     }
 }
+
+impl Store {
+    /// Every artifact version whose digest is in `digests`.
+    pub async fn artifact_versions_by_digests(&self, digests: &[String]) -> anyhow::Result<Vec<StoredArtifactVersion>> {
+        let mut found = Vec::new();
+        for chunk in digests.chunks(500) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                concat!("SELECT ", columns!(), " FROM artifact_versions WHERE digest IN ({}) ORDER BY kind, id, version"),
+                placeholders.join(", ")
+            );
+            // Only numbered placeholders are interpolated; the digests are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for digest in chunk {
+                query = query.bind(digest);
+            }
+            for row in query.fetch_all(&self.pool).await.context("reading artifacts by digest")? {
+                found.push(from_row(&row).context("decoding artifact version")?);
+            }
+        }
+        Ok(found)
+    }
+}

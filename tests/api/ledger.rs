@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tiergate::{
     canonical::to_canonical_bytes,
-    ledger::{CheckpointSigner, ExportError, Ledger, verify_checkpoint, verify_export},
+    ledger::{BundleError, CheckpointSigner, ExportError, Ledger, verify_bundle, verify_checkpoint, verify_export},
 };
 
 use crate::helpers::{spawn_app, user_message};
@@ -372,4 +372,28 @@ async fn auditors_can_list_and_filter_entries_as_json_and_csv() {
     assert_eq!(rows[0], "index,time,request_id,type,system,policy,outcome,served_tier,leaf_hash");
     assert_eq!(rows.len(), 3, "{csv}");
     assert!(rows[1].starts_with("0,") && rows[1].contains(",always-small,tiergate-default@1,served,0,"), "{csv}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_bundle_carries_every_cited_card_and_policy_and_verifies_offline() {
+    let app = spawn_app().await;
+    assert_eq!(app.chat(user_message("escalate-once", "Hi?")).await.status(), 200);
+    let key = app.get("/v1/ledger/public-key").await.text().await.unwrap();
+
+    let bundle: Value = app.get("/v1/ledger/bundle").await.json().await.unwrap();
+
+    let kinds: Vec<&str> = bundle["artifacts"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["model_card", "policy_bundle", "system_card"]);
+    assert!(verify_bundle(&bundle, &key).is_ok());
+    let (verified, output) = run_verify(&bundle.to_string(), &key);
+    assert!(verified && output.contains("verified bundle: 1 entries"), "{output}");
+
+    let mut altered = bundle.clone();
+    let canonical = altered["artifacts"][1]["canonical"].as_str().unwrap().replace("-0.35", "-9");
+    let canonical = canonical.replace("\"min_mean_logprob\":-1", "\"min_mean_logprob\":-9");
+    altered["artifacts"][1]["canonical"] = json!(canonical);
+    assert!(matches!(verify_bundle(&altered, &key), Err(BundleError::ArtifactDigest { .. })), "policy data edited");
+    let mut incomplete = bundle.clone();
+    incomplete["artifacts"].as_array_mut().unwrap().remove(0);
+    assert!(matches!(verify_bundle(&incomplete, &key), Err(BundleError::MissingArtifact { index: 0, .. })));
 }
