@@ -29,6 +29,8 @@ pub struct Settings {
     pub policy_eval_timeout_ms: u64,
     /// Name of this log in its signed checkpoints (C2SP origin line and key name).
     pub ledger_origin: String,
+    /// How often a checkpoint of the ledger is signed and published (0 = only on demand).
+    pub checkpoint_interval_s: u64,
 }
 
 impl Default for Settings {
@@ -44,6 +46,7 @@ impl Default for Settings {
             ledger_store_text: false,
             policy_eval_timeout_ms: 50,
             ledger_origin: "tiergate.local/ledger".to_owned(),
+            checkpoint_interval_s: 60,
         }
     }
 }

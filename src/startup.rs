@@ -43,6 +43,9 @@ impl Application {
         let signer = CheckpointSigner::load_or_create(&settings.data_dir.join(LEDGER_KEY_FILE), &settings.ledger_origin)?;
         tracing::info!(public_key = %signer.verifier_key, "ledger checkpoints are signed with this key");
         let ledger = Arc::new(Ledger::new(store.clone(), signer));
+        if settings.checkpoint_interval_s > 0 {
+            tokio::spawn(publish_checkpoints(ledger.clone(), Duration::from_secs(settings.checkpoint_interval_s)));
+        }
         let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text));
         let state = web::Data::new(AppState { router, store });
 
@@ -168,4 +171,19 @@ async fn load_gguf(model: &ModelCard, settings: &Settings) -> anyhow::Result<Mis
         .context("weights task panicked")??;
     tracing::info!(model = %model.id, path = %path.display(), "weights verified; loading model");
     MistralRuntime::load(&path).await
+}
+
+/// Signs and publishes a checkpoint on a schedule (the first at start-up), for as long as the
+/// ledger is in use. A failure is logged and retried at the next tick.
+async fn publish_checkpoints(ledger: Arc<Ledger>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        if Arc::strong_count(&ledger) == 1 {
+            return; // the application is gone
+        }
+        if let Err(error) = ledger.publish_checkpoint().await {
+            tracing::warn!(error = ?error, "publishing a ledger checkpoint failed");
+        }
+    }
 }

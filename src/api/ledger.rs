@@ -7,16 +7,20 @@ use utoipa::{IntoParams, ToSchema};
 use super::AppState;
 use crate::{
     error::{ApiError, ErrorBody},
-    ledger::{ConsistencyProof, LedgerRecord, ProvenEntry},
+    ledger::{ConsistencyProof, LedgerRecord, ProvenEntry, PublishedCheckpoint},
     store::LedgerFilter,
 };
 
-/// The latest signed checkpoint: a C2SP signed note whose text is a C2SP checkpoint (origin,
+/// A freshly signed (and published) checkpoint: a C2SP signed note whose text is a C2SP checkpoint (origin,
 /// tree size, base64 root hash), signed with the ledger's ed25519 key.
 #[utoipa::path(tag = "ledger", responses((status = 200, description = "Signed note", content_type = "text/plain", body = String)))]
 #[get("/v1/ledger/checkpoint")]
 pub async fn get_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let (_, note) = state.router.ledger().checkpoint().await?;
+    let ledger = state.router.ledger();
+    let note = match ledger.publish_checkpoint().await? {
+        Some((_, note)) => note,
+        None => ledger.checkpoint().await?.1,
+    };
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(note))
 }
 
@@ -217,4 +221,12 @@ fn csv_field(value: &str) -> String {
 #[get("/v1/ledger/bundle")]
 pub async fn audit_bundle(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.router.ledger().audit_bundle().await?))
+}
+
+/// Checkpoints published so far (on demand and every `checkpoint_interval_s`), newest first:
+/// keep any of them to check later that the log was only appended to.
+#[utoipa::path(tag = "ledger", responses((status = 200, body = Vec<PublishedCheckpoint>)))]
+#[get("/v1/ledger/checkpoints")]
+pub async fn list_checkpoints(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(state.router.ledger().published_checkpoints(100).await?))
 }

@@ -44,6 +44,7 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(health::healthz)
         .service(health::readyz)
         .service(ledger::get_checkpoint)
+        .service(ledger::list_checkpoints)
         .service(ledger::get_public_key)
         .service(ledger::list_entries)
         .service(ledger::list_entries_csv)

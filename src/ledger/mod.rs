@@ -94,6 +94,15 @@ pub struct ConsistencyProof {
     pub checkpoint: String,
 }
 
+/// A checkpoint the gateway published (also the API body).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PublishedCheckpoint {
+    pub tree_size: u64,
+    pub time: String,
+    /// The C2SP signed note.
+    pub checkpoint: String,
+}
+
 /// One entry as listed to an auditor (also the API body).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LedgerRecord {
@@ -128,6 +137,29 @@ impl Ledger {
     pub async fn checkpoint(&self) -> anyhow::Result<(u64, String)> {
         let (size, root) = self.tree_head_hash().await?;
         Ok((size, self.signer.sign(size, root)?))
+    }
+
+    /// Signs the current tree head and keeps it in the published history (on demand and on
+    /// the start-up schedule). An empty ledger publishes nothing.
+    pub async fn publish_checkpoint(&self) -> anyhow::Result<Option<(u64, String)>> {
+        let (size, note) = self.checkpoint().await?;
+        if size == 0 {
+            return Ok(None);
+        }
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        self.store.ledger_insert_checkpoint(size as i64, &now, &note).await?;
+        Ok(Some((size, note)))
+    }
+
+    /// Published checkpoints, newest first.
+    pub async fn published_checkpoints(&self, limit: i64) -> anyhow::Result<Vec<PublishedCheckpoint>> {
+        Ok(self
+            .store
+            .ledger_checkpoints(limit)
+            .await?
+            .into_iter()
+            .map(|(size, time, note)| PublishedCheckpoint { tree_size: size as u64, time, checkpoint: note })
+            .collect())
     }
 
     /// Entry `index` with its inclusion proof against a checkpoint of the current tree.

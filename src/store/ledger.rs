@@ -226,6 +226,36 @@ impl Store {
             .context("decoding ledger rows")
     }
 
+    /// Stores a published checkpoint; one per tree size (a second for the same size is ignored).
+    pub async fn ledger_insert_checkpoint(&self, tree_size: i64, created_at: &str, note: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO ledger_checkpoints (tree_size, created_at, note) VALUES ($1, $2, $3)
+             ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(tree_size)
+        .bind(created_at)
+        .bind(note)
+        .execute(&self.pool)
+        .await
+        .context("storing checkpoint")?;
+        Ok(())
+    }
+
+    /// Published checkpoints, newest first: (tree size, time, signed note).
+    pub async fn ledger_checkpoints(&self, limit: i64) -> anyhow::Result<Vec<(i64, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT tree_size, created_at, note FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading checkpoints")?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("tree_size")?, row.try_get("created_at")?, row.try_get("note")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding checkpoints")
+    }
+
     pub async fn ledger_count(&self) -> anyhow::Result<i64> {
         let mut conn = self.pool.acquire().await.context("acquiring connection")?;
         Store::ledger_size(&mut conn).await

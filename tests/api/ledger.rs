@@ -397,3 +397,38 @@ async fn the_audit_bundle_carries_every_cited_card_and_policy_and_verifies_offli
     incomplete["artifacts"].as_array_mut().unwrap().remove(0);
     assert!(matches!(verify_bundle(&incomplete, &key), Err(BundleError::MissingArtifact { index: 0, .. })));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_are_published_on_a_schedule_and_on_demand_and_kept() {
+    let mut settings = crate::helpers::test_settings();
+    settings.checkpoint_interval_s = 1;
+    let app = crate::helpers::spawn_app_with(settings).await;
+    let key = app.get("/v1/ledger/public-key").await.text().await.unwrap();
+    assert_eq!(app.chat(user_message("always-small", "One?")).await.status(), 200);
+
+    // The schedule publishes the one-entry tree without anyone asking.
+    let mut scheduled = Vec::new();
+    for _ in 0..50 {
+        scheduled = app.get("/v1/ledger/checkpoints").await.json::<Vec<Value>>().await.unwrap();
+        if !scheduled.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(scheduled.len(), 1, "{scheduled:?}");
+    assert_eq!(scheduled[0]["tree_size"], 1);
+    assert_eq!(app.chat(user_message("always-small", "Two?")).await.status(), 200);
+    let on_demand = app.get("/v1/ledger/checkpoint").await.text().await.unwrap();
+
+    let history: Vec<Value> = app.get("/v1/ledger/checkpoints").await.json().await.unwrap();
+
+    assert_eq!(history[0]["tree_size"], 2, "newest first: {history:?}");
+    assert_eq!(history[0]["checkpoint"], on_demand.as_str());
+    for published in &history {
+        let (size, _) = verify_checkpoint(published["checkpoint"].as_str().unwrap(), &key).unwrap();
+        assert_eq!(size, published["tree_size"].as_u64().unwrap());
+    }
+    let (export, _) = export_and_key(&app).await;
+    let oldest = history.last().unwrap()["checkpoint"].as_str().unwrap();
+    assert!(verify_export(&export, &key, Some(oldest)).is_ok(), "the log extends every published checkpoint");
+}
