@@ -432,3 +432,34 @@ async fn checkpoints_are_published_on_a_schedule_and_on_demand_and_kept() {
     let oldest = history.last().unwrap()["checkpoint"].as_str().unwrap();
     assert!(verify_export(&export, &key, Some(oldest)).is_ok(), "the log extends every published checkpoint");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_deleted_or_reordered_in_the_database_file_fail_verification() {
+    let deleted = spawn_app().await;
+    let reordered = spawn_app().await;
+    for app in [&deleted, &reordered] {
+        for question in ["One?", "Two?", "Three?"] {
+            assert_eq!(app.chat(user_message("always-small", question)).await.status(), 200);
+        }
+    }
+    let store = deleted.store().await;
+    sqlx::query("DROP TRIGGER ledger_entries_are_append_only_delete").execute(store.pool()).await.unwrap();
+    sqlx::query("DELETE FROM ledger_entries WHERE idx = 1").execute(store.pool()).await.unwrap();
+    let store = reordered.store().await;
+    sqlx::query("DROP TRIGGER ledger_entries_are_append_only_update").execute(store.pool()).await.unwrap();
+    // Swap the bodies of entries 0 and 1 (each keeps its row index).
+    sqlx::query(
+        "UPDATE ledger_entries SET entry = CASE idx \
+           WHEN 0 THEN (SELECT entry FROM ledger_entries WHERE idx = 1) \
+           ELSE (SELECT entry FROM ledger_entries WHERE idx = 0) END WHERE idx IN (0, 1)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+
+    for (app, expected) in [(&deleted, "index"), (&reordered, "index")] {
+        let served: Value = app.get("/v1/ledger/verify").await.json().await.unwrap();
+        assert_eq!(served["verified"], false, "{served}");
+        assert!(served["problem"].as_str().unwrap().contains(expected), "{served}");
+    }
+}
