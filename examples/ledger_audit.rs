@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
 
     let export = ledger.export().await?;
     let t = Instant::now();
-    let verified = verify_export(&export, ledger.verifier_key(), None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let verified = verify_export(&export, &ledger.verifier_key(), None).map_err(|e| anyhow::anyhow!("{e}"))?;
     let verify_s = t.elapsed().as_secs_f64();
     anyhow::ensure!(verified.tree_size == entries);
     println!(

@@ -49,15 +49,21 @@ enum LedgerCommand {
     Verify {
         /// The export (`GET /v1/ledger/export`) or audit bundle (`GET /v1/ledger/bundle`) file.
         export: PathBuf,
-        /// The ledger's public key (`GET /v1/ledger/public-key`), or a file holding it.
+        /// The ledger's public key(s) (`GET /v1/ledger/public-key`), or a file holding them.
         #[arg(long)]
         key: String,
         /// An earlier signed checkpoint (file): the export must extend it.
         #[arg(long)]
         previous: Option<PathBuf>,
     },
-    /// Print the public key of the ledger in a data directory.
+    /// Print the public keys of the ledger in a data directory (current first, then retired).
     PublicKey {
+        #[arg(long, env = "TIERGATE_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+    },
+    /// Replace the checkpoint signing key (run while the gateway is stopped). The old public
+    /// key is kept so its checkpoints still verify; the old private key is deleted.
+    RotateKey {
         #[arg(long, env = "TIERGATE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
@@ -87,6 +93,7 @@ async fn main() -> ExitCode {
             verify_ledger(&export, &key, previous.as_deref())
         }
         Command::Ledger { command: LedgerCommand::PublicKey { data_dir } } => print_public_key(&data_dir),
+        Command::Ledger { command: LedgerCommand::RotateKey { data_dir } } => rotate_key(&data_dir),
     };
     match result {
         Ok(code) => code,
@@ -187,6 +194,14 @@ fn print_public_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let path = data_dir.join(LEDGER_KEY_FILE);
     anyhow::ensure!(path.is_file(), "{} does not exist (the key is created on the first `serve`)", path.display());
     let signer = CheckpointSigner::load_or_create(&path, "unused")?;
-    println!("{}", signer.verifier_key);
+    println!("{}", signer.verifier_keys());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let path = data_dir.join(LEDGER_KEY_FILE);
+    anyhow::ensure!(path.is_file(), "{} does not exist (the key is created on the first `serve`)", path.display());
+    let signer = CheckpointSigner::rotate(&path, "unused")?;
+    println!("new signing key; publish these public keys to auditors:\n{}", signer.verifier_keys());
     Ok(ExitCode::SUCCESS)
 }

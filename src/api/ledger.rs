@@ -24,8 +24,9 @@ pub async fn get_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, 
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(note))
 }
 
-/// The note verifier key (`<name>+<key id>+<base64 ed25519 public key>`) that verifies
-/// every checkpoint; all an auditor needs to verify an export offline.
+/// The note verifier keys (`<name>+<key id>+<base64 ed25519 public key>`), one per line: the
+/// current signing key first, then keys retired by rotation (their checkpoints stay
+/// verifiable). All an auditor needs to verify an export offline.
 #[utoipa::path(tag = "ledger", responses((status = 200, description = "Verifier key", content_type = "text/plain", body = String)))]
 #[get("/v1/ledger/public-key")]
 pub async fn get_public_key(state: web::Data<AppState>) -> HttpResponse {

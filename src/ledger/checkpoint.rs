@@ -15,6 +15,8 @@ pub struct CheckpointSigner {
     signer: StandardSigner,
     pub origin: String,
     pub verifier_key: String,
+    /// Public keys of earlier (rotated-out) signing keys, so old checkpoints stay verifiable.
+    pub retired_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for CheckpointSigner {
@@ -41,7 +43,36 @@ impl CheckpointSigner {
         let signer = StandardSigner::new(&skey).map_err(|e| anyhow::anyhow!("ledger signing key is malformed: {e}"))?;
         let verifier_key = verifier_key_of(&skey)?;
         let name = skey.split('+').nth(2).unwrap_or_default().to_owned();
-        Ok(CheckpointSigner { signer, origin: name, verifier_key })
+        let retired_keys = match std::fs::read_to_string(retired_file(key_file)) {
+            Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+            Err(_) => Vec::new(),
+        };
+        Ok(CheckpointSigner { signer, origin: name, verifier_key, retired_keys })
+    }
+
+    /// Every key a checkpoint of this ledger may be signed with: current first, then retired,
+    /// one per line (the form `verify_checkpoint` and `tiergate ledger verify --key` accept).
+    pub fn verifier_keys(&self) -> String {
+        std::iter::once(self.verifier_key.as_str())
+            .chain(self.retired_keys.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Replaces the signing key: the old public key is kept in `<key file>.retired` (so its
+    /// checkpoints still verify), the old private key is deleted, a new one is created.
+    /// Run it while the gateway is stopped; it signs with the key it loaded at start-up.
+    pub fn rotate(key_file: &Path, origin: &str) -> anyhow::Result<CheckpointSigner> {
+        let old = CheckpointSigner::load_or_create(key_file, origin)?;
+        let mut retired = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(retired_file(key_file))
+            .context("opening the retired-keys file")?;
+        writeln!(retired, "{}", old.verifier_key).context("recording the retired public key")?;
+        retired.sync_all().context("syncing the retired-keys file")?;
+        std::fs::remove_file(key_file).context("removing the old private key")?;
+        CheckpointSigner::load_or_create(key_file, &old.origin)
     }
 
     /// A signed note whose text is the C2SP checkpoint of a tree of `size` with root `root`.
@@ -54,11 +85,17 @@ impl CheckpointSigner {
     }
 }
 
-/// Verifies a signed checkpoint against `verifier_key` and returns its size and root hash.
-pub fn verify_checkpoint(signed: &str, verifier_key: &str) -> anyhow::Result<(u64, Hash)> {
-    let verifier = StandardVerifier::new(verifier_key.trim()).map_err(|e| anyhow::anyhow!("public key is malformed: {e}"))?;
+/// Verifies a signed checkpoint against `verifier_keys` (one key per line: the current key
+/// and any retired ones) and returns its size and root hash.
+pub fn verify_checkpoint(signed: &str, verifier_keys: &str) -> anyhow::Result<(u64, Hash)> {
+    let mut verifiers: Vec<Box<dyn signed_note::Verifier>> = Vec::new();
+    for key in verifier_keys.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let verifier = StandardVerifier::new(key).map_err(|e| anyhow::anyhow!("public key {key:?} is malformed: {e}"))?;
+        verifiers.push(Box::new(verifier));
+    }
+    anyhow::ensure!(!verifiers.is_empty(), "no public key given");
     let note = Note::from_bytes(signed.as_bytes()).map_err(|e| anyhow::anyhow!("checkpoint is not a signed note: {e}"))?;
-    note.verify(&VerifierList::new(vec![Box::new(verifier)]))
+    note.verify(&VerifierList::new(verifiers))
         .map_err(|e| anyhow::anyhow!("checkpoint signature does not verify with this key: {e}"))?;
     let checkpoint = Checkpoint::from_bytes(note.text()).map_err(|_| anyhow::anyhow!("note text is not a C2SP checkpoint"))?;
     Ok((checkpoint.size(), *checkpoint.hash()))
@@ -90,6 +127,12 @@ fn verifier_key_of(skey: &str) -> anyhow::Result<String> {
     let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     let public_encoded = [&[ALG_ED25519][..], &public[..]].concat();
     Ok(format!("{}+{}+{}", parts[2], parts[3], BASE64_STANDARD.encode(public_encoded)))
+}
+
+fn retired_file(key_file: &Path) -> std::path::PathBuf {
+    let mut name = key_file.as_os_str().to_owned();
+    name.push(".retired");
+    std::path::PathBuf::from(name)
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -137,6 +180,25 @@ mod tests {
 
         assert!(verify_checkpoint(&note, &other.verifier_key).is_err());
         assert!(verify_checkpoint(&note.replacen("\n42\n", "\n43\n", 1), &signer.verifier_key).is_err());
+    }
+
+    #[test]
+    fn after_rotation_old_and_new_checkpoints_verify_and_the_old_private_key_is_gone() {
+        let dir = std::env::temp_dir().join(format!("tiergate-key-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("ledger.key");
+        let old = CheckpointSigner::load_or_create(&path, "tiergate/ledger").unwrap();
+        let old_note = old.sign(1, Hash([1u8; 32])).unwrap();
+
+        let new = CheckpointSigner::rotate(&path, "tiergate/ledger").unwrap();
+        let new_note = new.sign(2, Hash([2u8; 32])).unwrap();
+
+        assert_ne!(new.verifier_key, old.verifier_key);
+        assert_eq!(new.retired_keys, vec![old.verifier_key.clone()]);
+        assert_eq!(verify_checkpoint(&old_note, &new.verifier_keys()).unwrap().0, 1);
+        assert_eq!(verify_checkpoint(&new_note, &new.verifier_keys()).unwrap().0, 2);
+        assert!(verify_checkpoint(&new_note, &old.verifier_key).is_err());
+        let reloaded = CheckpointSigner::load_or_create(&path, "tiergate/ledger").unwrap();
+        assert_eq!(reloaded.verifier_key, new.verifier_key, "the old private key is not used again");
     }
 
     #[test]

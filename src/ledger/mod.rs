@@ -128,9 +128,10 @@ impl Ledger {
         Ledger { store, append_lock: Arc::new(tokio::sync::Mutex::new(())), queue: Mutex::new(Vec::new()), signer }
     }
 
-    /// The note verifier key auditors check checkpoints with.
-    pub fn verifier_key(&self) -> &str {
-        &self.signer.verifier_key
+    /// The note verifier keys auditors check checkpoints with: the current one first, then
+    /// any retired by rotation, one per line.
+    pub fn verifier_key(&self) -> String {
+        self.signer.verifier_keys()
     }
 
     /// A freshly signed checkpoint of the current tree: (size, signed note).
@@ -250,7 +251,7 @@ impl Ledger {
                        "canonical": a.canonical, "original": a.original, "status": a.status})
             })
             .collect();
-        Ok(bundle::bundle_document(export, &self.signer.verifier_key, artifacts))
+        Ok(bundle::bundle_document(export, &self.signer.verifier_keys(), artifacts))
     }
 
     /// Recomputes every leaf from the stored entries and checks them against the stored tree
@@ -258,7 +259,7 @@ impl Ledger {
     /// database behind the triggers' back.
     pub async fn verify(&self) -> anyhow::Result<Result<VerifiedExport, ExportError>> {
         let export = self.export().await?;
-        Ok(verify_export(&export, &self.signer.verifier_key, None))
+        Ok(verify_export(&export, &self.signer.verifier_keys(), None))
     }
 
     /// The whole ledger as an export: a header line with the signed checkpoint, then every

@@ -463,3 +463,27 @@ async fn rows_deleted_or_reordered_in_the_database_file_fail_verification() {
         assert!(served["problem"].as_str().unwrap().contains(expected), "{served}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_key_rotation_checkpoints_signed_with_the_old_key_still_verify() {
+    let settings = crate::helpers::test_settings();
+    let before = crate::helpers::spawn_app_with(settings.clone()).await;
+    assert_eq!(before.chat(user_message("always-small", "One?")).await.status(), 200);
+    let old_checkpoint = before.get("/v1/ledger/checkpoint").await.text().await.unwrap();
+    let old_key = before.get("/v1/ledger/public-key").await.text().await.unwrap();
+
+    let rotated = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .args(["ledger", "rotate-key", "--data-dir"])
+        .arg(&settings.data_dir)
+        .output()
+        .unwrap();
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    let after = crate::helpers::spawn_app_with(settings).await;
+    assert_eq!(after.chat(user_message("always-small", "Two?")).await.status(), 200);
+    let (export, keys) = export_and_key(&after).await;
+
+    assert_eq!(keys.lines().count(), 2, "current and retired: {keys}");
+    assert_eq!(keys.lines().nth(1).unwrap(), old_key.trim());
+    assert!(verify_export(&export, &keys, Some(&old_checkpoint)).is_ok());
+    assert!(verify_export(&export, &old_key, None).is_err(), "new checkpoints are not signed with the retired key");
+}
