@@ -1,6 +1,7 @@
 //! Ledger endpoints for auditors: signed checkpoint, public key, entries with inclusion proofs, export.
 
 use actix_web::{HttpResponse, get, web};
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -58,8 +59,16 @@ pub async fn get_entry(state: web::Data<AppState>, index: web::Path<u64>) -> Res
 #[utoipa::path(tag = "ledger", responses((status = 200, description = "JSON Lines", content_type = "application/x-ndjson", body = String)))]
 #[get("/v1/ledger/export")]
 pub async fn export(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let body = state.router.ledger().export().await?;
-    Ok(HttpResponse::Ok().content_type("application/x-ndjson").body(body))
+    let chunks = state.router.ledger().export_stream().await?;
+    let body = chunks.map(|chunk| {
+        chunk.map(web::Bytes::from).map_err(|error| {
+            // Headers are gone by now: log the cause and cut the stream, so the export fails
+            // verification rather than looking complete.
+            tracing::error!(error = ?error, "ledger export failed mid-stream");
+            actix_web::error::ErrorInternalServerError("ledger export failed")
+        })
+    });
+    Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(body))
 }
 
 #[derive(Serialize, ToSchema)]

@@ -15,8 +15,9 @@ use std::{
 };
 
 use anyhow::Context;
-use serde_json::{Value, json};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
+use serde_json::{Value, json};
 use tlog_tiles::{Hash, prove_record, prove_tree, record_hash, stored_hash_index, stored_hashes, tree_hash};
 
 use crate::{
@@ -265,24 +266,37 @@ impl Ledger {
     /// The whole ledger as an export: a header line with the signed checkpoint, then every
     /// entry's canonical bytes, one per line (JSON Lines). See [`verify_export`].
     pub async fn export(&self) -> anyhow::Result<String> {
+        let chunks: Vec<String> = self.export_stream().await?.try_collect().await?;
+        Ok(chunks.concat())
+    }
+
+    /// The export as a stream of chunks (a page of entries each), so that a large ledger is
+    /// never held in memory whole. The checkpoint is taken first; entries appended while the
+    /// export runs are not included.
+    pub async fn export_stream(&self) -> anyhow::Result<impl Stream<Item = anyhow::Result<String>> + Send + 'static> {
         let (size, note) = self.checkpoint().await?;
-        let mut out = export::header_line(size, &note)?;
-        let mut next = 0i64;
-        while (next as u64) < size {
-            let batch = self.store.ledger_entries(next, 1000).await?;
-            if batch.is_empty() {
-                break;
-            }
-            for (index, entry) in batch {
-                if index as u64 >= size {
-                    break;
+        let header = export::header_line(size, &note)?;
+        let store = self.store.clone();
+        let pages = futures::stream::try_unfold(0i64, move |next| {
+            let store = store.clone();
+            async move {
+                if next as u64 >= size {
+                    return Ok(None);
                 }
-                out.push_str(&entry);
-                out.push('\n');
-                next = index + 1;
+                let mut chunk = String::new();
+                let mut after = next;
+                for (index, entry) in store.ledger_entries(next, 1000).await? {
+                    if index as u64 >= size {
+                        break;
+                    }
+                    chunk.push_str(&entry);
+                    chunk.push('\n');
+                    after = index + 1;
+                }
+                Ok((after > next).then_some((chunk, after)))
             }
-        }
-        Ok(out)
+        });
+        Ok(futures::stream::once(async move { Ok(header) }).chain(pages))
     }
 
     /// Appends one entry durably: when this returns, the entry and its hashes are committed.
