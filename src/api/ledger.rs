@@ -98,17 +98,29 @@ pub async fn verify(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     Ok(HttpResponse::Ok().json(body))
 }
 
-/// Prove that the current log extends the log of `from_size` entries (nothing rewritten).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ConsistencyQuery {
+    /// Size of the later tree (default: the current tree).
+    pub to: Option<u64>,
+}
+
+/// Prove that the log of `to` entries (default: the current log) extends the log of
+/// `from_size` entries: nothing was rewritten in between.
 #[utoipa::path(
     tag = "ledger",
-    params(("from_size" = u64, Path, description = "Size of the earlier tree (from an earlier checkpoint)")),
+    params(("from_size" = u64, Path, description = "Size of the earlier tree (from an earlier checkpoint)"), ConsistencyQuery),
     responses((status = 200, body = ConsistencyProof), (status = 404, body = ErrorBody))
 )]
 #[get("/v1/ledger/consistency/{from_size}")]
-pub async fn get_consistency(state: web::Data<AppState>, from_size: web::Path<u64>) -> Result<HttpResponse, ApiError> {
+pub async fn get_consistency(
+    state: web::Data<AppState>,
+    from_size: web::Path<u64>,
+    query: web::Query<ConsistencyQuery>,
+) -> Result<HttpResponse, ApiError> {
     let from_size = from_size.into_inner();
-    let proof = state.router.ledger().prove_consistency(from_size).await?.ok_or_else(|| {
-        ApiError::NotFound(format!("from_size: {from_size} is not between 1 and the current tree size"))
+    let proof = state.router.ledger().prove_consistency(from_size, query.to).await?.ok_or_else(|| {
+        ApiError::NotFound(format!("from_size: {from_size} (to {:?}) is not a pair of sizes 1 <= from <= to <= the current tree size", query.to))
     })?;
     Ok(HttpResponse::Ok().json(proof))
 }

@@ -33,6 +33,8 @@ pub enum ExportError {
     NotCanonical { index: u64 },
     #[error("the entries do not hash to the signed root: computed {computed}, checkpoint says {signed} (an entry was altered)")]
     Root { computed: String, signed: String },
+    #[error("entry {index} was altered: it no longer hashes to the leaf recorded when it was written")]
+    Altered { index: u64 },
     #[error("the earlier checkpoint does not verify: {0}")]
     EarlierCheckpoint(String),
     #[error("history was rewritten: the first {size} entries hash to {computed}, but the earlier checkpoint signed {signed}")]

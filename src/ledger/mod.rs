@@ -188,11 +188,13 @@ impl Ledger {
         }))
     }
 
-    /// Proof that the current tree extends the tree of `from_size` entries.
-    pub async fn prove_consistency(&self, from_size: u64) -> anyhow::Result<Option<ConsistencyProof>> {
+    /// Proof that the tree of `to_size` entries (default: the current tree) extends the tree
+    /// of `from_size` entries.
+    pub async fn prove_consistency(&self, from_size: u64, to_size: Option<u64>) -> anyhow::Result<Option<ConsistencyProof>> {
         let mut tx = self.store.begin().await?;
-        let size = Store::ledger_size(&mut tx).await? as u64;
-        if from_size == 0 || from_size > size {
+        let current = Store::ledger_size(&mut tx).await? as u64;
+        let size = to_size.unwrap_or(current);
+        if from_size == 0 || from_size > size || size > current {
             return Ok(None);
         }
         let root = with_stored_hashes(&mut tx, |reader| tree_hash(size, reader)).await?;
@@ -260,7 +262,36 @@ impl Ledger {
     /// database behind the triggers' back.
     pub async fn verify(&self) -> anyhow::Result<Result<VerifiedExport, ExportError>> {
         let export = self.export().await?;
-        Ok(verify_export(&export, &self.signer.verifier_keys(), None))
+        let result = verify_export(&export, &self.signer.verifier_keys(), None);
+        if let Err(ExportError::Root { .. }) = &result {
+            // The stored tree still commits to the original leaves: name the entry that moved.
+            if let Some(index) = self.first_altered_entry().await? {
+                return Ok(Err(ExportError::Altered { index }));
+            }
+        }
+        Ok(result)
+    }
+
+    /// The first entry whose bytes no longer hash to the leaf stored when it was written.
+    async fn first_altered_entry(&self) -> anyhow::Result<Option<u64>> {
+        let mut conn = self.store.pool().acquire().await.context("acquiring connection")?;
+        let mut next = 0i64;
+        loop {
+            let batch = self.store.ledger_entries(next, 1000).await?;
+            let Some((last, _)) = batch.last() else {
+                return Ok(None);
+            };
+            next = last + 1;
+            let leaf_index = |index: i64| stored_hash_index(0, index as u64) as i64;
+            let wanted: Vec<i64> = batch.iter().map(|(index, _)| leaf_index(*index)).collect();
+            let recorded = Store::ledger_read_hashes(&mut conn, &wanted).await?;
+            for (index, entry) in &batch {
+                let leaf = record_hash(entry.as_bytes());
+                if recorded.get(&leaf_index(*index)).map(Vec::as_slice) != Some(&leaf.0[..]) {
+                    return Ok(Some(*index as u64));
+                }
+            }
+        }
     }
 
     /// The whole ledger as an export: a header line with the signed checkpoint, then every

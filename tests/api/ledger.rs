@@ -186,7 +186,7 @@ async fn a_row_edited_directly_in_the_database_file_fails_verification() {
     let result = verify_export(&export, &key, None);
     assert!(matches!(result, Err(ExportError::Root { .. })), "{result:?}");
     assert_eq!(served["verified"], false);
-    assert!(served["problem"].as_str().unwrap().contains("signed root"), "{served}");
+    assert!(served["problem"].as_str().unwrap().contains("entry 0 was altered"), "{served}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -238,6 +238,11 @@ async fn a_rewritten_history_fails_against_an_earlier_checkpoint_even_when_re_si
     let (size, root) = verify_checkpoint(proof["checkpoint"].as_str().unwrap(), &key).unwrap();
     let hashes = hashes_from_hex(&proof["proof"]);
     assert!(tlog_tiles::check_tree(&hashes, size, root, 2, earlier_root).is_ok());
+    let between: Value = app.get("/v1/ledger/consistency/1?to=2").await.json().await.unwrap();
+    let (to_size, to_root) = verify_checkpoint(between["checkpoint"].as_str().unwrap(), &key).unwrap();
+    assert_eq!((to_size, to_root), (2, earlier_root), "the tree of 2 is the one the earlier checkpoint signed");
+    assert!(tlog_tiles::check_tree(&hashes_from_hex(&between["proof"]), 2, to_root, 1, tlog_tiles::record_hash(export.lines().nth(1).unwrap().as_bytes())).is_ok());
+    assert_eq!(app.get("/v1/ledger/consistency/2?to=9").await.status(), 404);
 
     // An operator with the signing key rewrites entry 0 and re-signs a self-consistent log.
     let lines: Vec<&str> = export.lines().skip(1).collect();
