@@ -22,7 +22,7 @@ use tlog_tiles::{Hash, prove_record, prove_tree, record_hash, stored_hash_index,
 
 use crate::{
     canonical::to_canonical_bytes,
-    store::{LedgerFilter, NewLedgerRow, Store},
+    store::{LedgerFilter, LedgerRow, Store},
 };
 use hashes::PrefetchedHashes;
 
@@ -418,7 +418,7 @@ async fn write_batch(store: &Store, drafts: Vec<EntryDraft>) -> anyhow::Result<V
         let n = index as u64;
         // Reads see the hashes this transaction has written for earlier entries of the batch.
         let new_hashes = with_stored_hashes(&mut tx, |reader| stored_hashes(n, &bytes, reader)).await?;
-        let row = NewLedgerRow {
+        let row = LedgerRow {
             index,
             created_at: created_at.clone(),
             request_id: draft.request_id,

@@ -7,21 +7,6 @@ use sqlx::{Any, AnyConnection, Row, Transaction};
 
 use super::Store;
 
-/// One ledger row as the domain built it; `entry` is the canonical JSON the leaf hash covers.
-#[derive(Debug, Clone)]
-pub struct NewLedgerRow {
-    pub index: i64,
-    pub created_at: String,
-    pub request_id: String,
-    pub entry_type: String,
-    pub system_id: Option<String>,
-    /// Policy bundle `id@version` that decided, when there was one.
-    pub policy: Option<String>,
-    pub outcome: String,
-    pub served_tier: Option<i64>,
-    pub entry: String,
-}
-
 /// Which entries an auditor asks for; every field narrows the result.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerFilter {
@@ -40,7 +25,8 @@ pub struct LedgerFilter {
     pub limit: i64,
 }
 
-/// A stored entry with the columns it is filtered by.
+/// One ledger row: the entry's canonical JSON (what the leaf hash covers) and the columns it
+/// is filtered by. The domain builds it for writing; queries return it.
 #[derive(Debug, Clone)]
 pub struct LedgerRow {
     pub index: i64,
@@ -105,7 +91,7 @@ impl Store {
 
     pub async fn ledger_insert(
         conn: &mut AnyConnection,
-        row: &NewLedgerRow,
+        row: &LedgerRow,
         first_hash_index: i64,
         hashes: &[Vec<u8>],
     ) -> anyhow::Result<()> {

@@ -4,7 +4,7 @@ mod artifacts;
 mod ledger;
 
 pub use artifacts::{NewArtifactVersion, StoredArtifactVersion};
-pub use ledger::{LedgerFilter, LedgerRow, NewLedgerRow};
+pub use ledger::{LedgerFilter, LedgerRow};
 
 use std::str::FromStr;
 
