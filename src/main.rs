@@ -164,44 +164,44 @@ fn verify_ledger(export: &std::path::Path, key: &str, previous: Option<&std::pat
         .map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
         .transpose()?;
     // An audit bundle is one JSON document; an export is JSON Lines.
-    if let Ok(bundle) = serde_json::from_str::<serde_json::Value>(&text) {
-        if bundle.get("format").and_then(|f| f.as_str()) == Some(BUNDLE_FORMAT) {
-            return Ok(match verify_bundle(&bundle, &key) {
-                Ok(verified) => {
-                    println!("verified bundle: {} entries, root {}, every cited artifact present and intact", verified.tree_size, verified.root_hash);
-                    ExitCode::SUCCESS
-                }
-                Err(error) => {
-                    println!("NOT verified: {error}");
-                    ExitCode::FAILURE
-                }
-            });
-        }
-    }
-    match verify_export(&text, &key, previous.as_deref()) {
-        Ok(verified) => {
-            println!("verified: {} entries, root {}", verified.tree_size, verified.root_hash);
+    let bundle = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .filter(|doc| doc.get("format").and_then(|f| f.as_str()) == Some(BUNDLE_FORMAT));
+    let outcome = match bundle {
+        Some(bundle) => verify_bundle(&bundle, &key, previous.as_deref())
+            .map(|v| format!("verified bundle: {} entries, root {}, every cited artifact present and intact", v.tree_size, v.root_hash))
+            .map_err(|e| e.to_string()),
+        None => verify_export(&text, &key, previous.as_deref())
+            .map(|v| format!("verified: {} entries, root {}", v.tree_size, v.root_hash))
+            .map_err(|e| e.to_string()),
+    };
+    match outcome {
+        Ok(message) => {
+            println!("{message}");
             Ok(ExitCode::SUCCESS)
         }
-        Err(error) => {
-            println!("NOT verified: {error}");
+        Err(problem) => {
+            println!("NOT verified: {problem}");
             Ok(ExitCode::FAILURE)
         }
     }
 }
 
-fn print_public_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+/// The ledger key file of `data_dir`, which must already exist.
+fn existing_key_file(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
     let path = data_dir.join(LEDGER_KEY_FILE);
     anyhow::ensure!(path.is_file(), "{} does not exist (the key is created on the first `serve`)", path.display());
-    let signer = CheckpointSigner::load_or_create(&path, "unused")?;
+    Ok(path)
+}
+
+fn print_public_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let signer = CheckpointSigner::load_or_create(&existing_key_file(data_dir)?, "unused")?;
     println!("{}", signer.verifier_keys());
     Ok(ExitCode::SUCCESS)
 }
 
 fn rotate_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
-    let path = data_dir.join(LEDGER_KEY_FILE);
-    anyhow::ensure!(path.is_file(), "{} does not exist (the key is created on the first `serve`)", path.display());
-    let signer = CheckpointSigner::rotate(&path, "unused")?;
+    let signer = CheckpointSigner::rotate(&existing_key_file(data_dir)?, "unused")?;
     println!("new signing key; publish these public keys to auditors:\n{}", signer.verifier_keys());
     Ok(ExitCode::SUCCESS)
 }

@@ -43,14 +43,15 @@ pub enum BundleError {
     MissingArtifact { index: u64, digest: String },
 }
 
-/// Verifies a bundle: the export (see [`verify_export`]), that every artifact's canonical form
-/// hashes to its digest, and that every digest an entry cites is present.
-pub fn verify_bundle(bundle: &Value, verifier_key: &str) -> Result<VerifiedExport, BundleError> {
+/// Verifies a bundle: the export (see [`verify_export`], including consistency with an
+/// `earlier` checkpoint when given), that every artifact's canonical form hashes to its
+/// digest, and that every digest an entry cites is present.
+pub fn verify_bundle(bundle: &Value, verifier_key: &str, earlier: Option<&str>) -> Result<VerifiedExport, BundleError> {
     if bundle.get("format").and_then(Value::as_str) != Some(BUNDLE_FORMAT) {
         return Err(BundleError::Format(format!("format is not {BUNDLE_FORMAT:?}")));
     }
     let export = bundle.get("export").and_then(Value::as_str).ok_or_else(|| BundleError::Format("no export".into()))?;
-    let verified = verify_export(export, verifier_key, None)?;
+    let verified = verify_export(export, verifier_key, earlier)?;
     let mut present = BTreeSet::new();
     for artifact in bundle.get("artifacts").and_then(Value::as_array).into_iter().flatten() {
         let label = format!(

@@ -389,7 +389,15 @@ async fn the_audit_bundle_carries_every_cited_card_and_policy_and_verifies_offli
 
     let kinds: Vec<&str> = bundle["artifacts"].as_array().unwrap().iter().map(|a| a["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, vec!["model_card", "policy_bundle", "system_card"]);
-    assert!(verify_bundle(&bundle, &key).is_ok());
+    assert!(verify_bundle(&bundle, &key, None).is_ok());
+    let earlier = app.get("/v1/ledger/checkpoint").await.text().await.unwrap();
+    assert!(verify_bundle(&bundle, &key, Some(&earlier)).is_ok());
+    let stranger = CheckpointSigner::load_or_create(&std::env::temp_dir().join(format!("k-{}", uuid::Uuid::new_v4())), "x/ledger").unwrap();
+    let foreign = stranger.sign(1, tlog_tiles::Hash([0u8; 32])).unwrap();
+    assert!(
+        matches!(verify_bundle(&bundle, &key, Some(&foreign)), Err(BundleError::Export(ExportError::EarlierCheckpoint(_)))),
+        "an earlier checkpoint given with a bundle is checked, not ignored"
+    );
     let (verified, output) = run_verify(&bundle.to_string(), &key);
     assert!(verified && output.contains("verified bundle: 1 entries"), "{output}");
 
@@ -397,10 +405,10 @@ async fn the_audit_bundle_carries_every_cited_card_and_policy_and_verifies_offli
     let canonical = altered["artifacts"][1]["canonical"].as_str().unwrap().replace("-0.35", "-9");
     let canonical = canonical.replace("\"min_mean_logprob\":-1", "\"min_mean_logprob\":-9");
     altered["artifacts"][1]["canonical"] = json!(canonical);
-    assert!(matches!(verify_bundle(&altered, &key), Err(BundleError::ArtifactDigest { .. })), "policy data edited");
+    assert!(matches!(verify_bundle(&altered, &key, None), Err(BundleError::ArtifactDigest { .. })), "policy data edited");
     let mut incomplete = bundle.clone();
     incomplete["artifacts"].as_array_mut().unwrap().remove(0);
-    assert!(matches!(verify_bundle(&incomplete, &key), Err(BundleError::MissingArtifact { index: 0, .. })));
+    assert!(matches!(verify_bundle(&incomplete, &key, None), Err(BundleError::MissingArtifact { index: 0, .. })));
 }
 
 #[tokio::test(flavor = "multi_thread")]
