@@ -54,8 +54,9 @@ pub async fn get_entry(state: web::Data<AppState>, index: web::Path<u64>) -> Res
     Ok(HttpResponse::Ok().json(proven))
 }
 
-/// Export the whole ledger as JSON Lines: a header with the signed checkpoint, then every
-/// entry's canonical bytes. Verify it offline with `tiergate ledger verify <file> --key <key>`.
+/// Export the whole ledger as JSON Lines: a header with the signed checkpoint, then one line per
+/// entry, `{"entry": <canonical entry>, "leaf_hash": "<leaf recorded when it was written>"}`.
+/// Verify it offline with `tiergate ledger verify <file> --key <key>`.
 #[utoipa::path(tag = "ledger", responses((status = 200, description = "JSON Lines", content_type = "application/x-ndjson", body = String)))]
 #[get("/v1/ledger/export")]
 pub async fn export(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -4,15 +4,16 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::export::{ExportError, VerifiedExport, verify_export};
+use super::export::{ExportError, VerifiedExport, export_entries, verify_export};
 use crate::canonical::{sha256_digest, to_canonical_bytes};
 
 pub const BUNDLE_FORMAT: &str = "tiergate-audit-bundle/1";
 
-/// Every artifact digest an entry cites: its system card, its policy bundle, each attempt's model card.
+/// Every artifact digest an entry cites: its system card, its policy bundle, each attempt's
+/// model card, and the artifact a governance event is about.
 pub fn cited_digests(entry: &Value) -> BTreeSet<String> {
     let mut digests = BTreeSet::new();
-    for pointer in ["/system/digest", "/policy/digest"] {
+    for pointer in ["/system/digest", "/policy/digest", "/artifact/digest"] {
         if let Some(d) = entry.pointer(pointer).and_then(Value::as_str) {
             digests.insert(d.to_owned());
         }
@@ -70,9 +71,8 @@ pub fn verify_bundle(bundle: &Value, verifier_key: &str, earlier: Option<&str>) 
         }
         present.insert(digest);
     }
-    for (index, line) in export.lines().skip(1).enumerate() {
-        // verify_export has already parsed every line.
-        let entry: Value = serde_json::from_str(line).unwrap_or(Value::Null);
+    // verify_export has already checked every line, so every entry is here.
+    for (index, entry) in export_entries(export).enumerate() {
         if let Some(missing) = cited_digests(&entry).into_iter().find(|d| !present.contains(d)) {
             return Err(BundleError::MissingArtifact { index: index as u64, digest: missing });
         }

@@ -1,19 +1,76 @@
 //! The export format and its offline verification: signed checkpoint + canonical entries.
 //!
-//! Line 1: `{"format": "tiergate-ledger-export/1", "tree_size": N, "checkpoint": "<signed note>"}`.
-//! Lines 2…N+1: the canonical JSON bytes of entries 0…N-1, exactly as hashed into the tree.
+//! Line 1: `{"format": "tiergate-ledger-export/2", "tree_size": N, "checkpoint": "<signed note>"}`.
+//! Lines 2…N+1, one per entry 0…N-1: `{"entry":<canonical entry>,"leaf_hash":"<hex>"}`, itself
+//! canonical JSON. `entry` is exactly the bytes hashed into the tree; `leaf_hash` is the leaf the
+//! ledger recorded when the entry was written. The verifier never trusts `leaf_hash` on its own:
+//! only when the recorded leaves hash to the signed root does it use them, to name the entry
+//! that no longer matches its leaf. Format 1 (bare entry lines) is still read.
 
 use serde_json::{Value, json};
-use tlog_tiles::{Error as TlogError, Hash, HashReader, stored_hashes, tree_hash};
+use tlog_tiles::{Error as TlogError, Hash, HashReader, record_hash, stored_hashes, stored_hashes_for_record_hash, tree_hash};
 
 use super::checkpoint::verify_checkpoint;
 use crate::canonical::to_canonical_bytes;
 
-pub const EXPORT_FORMAT: &str = "tiergate-ledger-export/1";
+pub const EXPORT_FORMAT: &str = "tiergate-ledger-export/2";
+/// Bare canonical entry lines, without recorded leaves: read, no longer written.
+pub const EXPORT_FORMAT_V1: &str = "tiergate-ledger-export/1";
+
+const ENTRY_PREFIX: &str = "{\"entry\":";
+const LEAF_KEY: &str = ",\"leaf_hash\":\"";
 
 pub(super) fn header_line(tree_size: u64, checkpoint: &str) -> anyhow::Result<String> {
     let header = json!({"format": EXPORT_FORMAT, "tree_size": tree_size, "checkpoint": checkpoint});
     Ok(format!("{}\n", serde_json::to_string(&header)?))
+}
+
+/// One entry line: the stored canonical entry text and its recorded leaf hash. Built by
+/// concatenation so that the entry's bytes are carried through untouched.
+pub(super) fn entry_line(entry: &str, recorded_leaf: &[u8]) -> String {
+    format!("{ENTRY_PREFIX}{entry}{LEAF_KEY}{}\"}}\n", hex::encode(recorded_leaf))
+}
+
+/// The entries of an export (either format), in order, as JSON; lines that are not JSON are
+/// skipped (verification reports them).
+pub fn export_entries(export: &str) -> impl Iterator<Item = Value> + '_ {
+    let wrapped = !export.lines().next().is_some_and(|header| header.contains(EXPORT_FORMAT_V1));
+    export.lines().skip(1).filter_map(move |line| {
+        let value: Value = serde_json::from_str(line).ok()?;
+        if wrapped { value.get("entry").cloned() } else { Some(value) }
+    })
+}
+
+/// Splits a format-2 line into the entry's exact bytes and the recorded leaf, checking that
+/// the line is canonical and has exactly those two members.
+fn split_entry_line(line: &str, index: u64) -> Result<(&str, Hash, Value), ExportError> {
+    let line_number = index + 2;
+    let mut value: Value =
+        serde_json::from_str(line).map_err(|e| ExportError::NotJson { line: line_number, message: e.to_string() })?;
+    let members = value.as_object().map(|o| o.len());
+    let (Some(2), Some(_), Some(leaf)) =
+        (members, value.get("entry"), value.get("leaf_hash").and_then(Value::as_str))
+    else {
+        return Err(ExportError::NotJson {
+            line: line_number,
+            message: "expected an object with exactly \"entry\" and \"leaf_hash\"".into(),
+        });
+    };
+    if to_canonical_bytes(&value) != line.as_bytes() {
+        return Err(ExportError::NotCanonical { index });
+    }
+    let recorded = hex::decode(leaf)
+        .ok()
+        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+        .map(Hash)
+        .ok_or_else(|| ExportError::NotJson { line: line_number, message: format!("leaf_hash {leaf:?} is not 32 bytes of hex") })?;
+    // Canonical with sorted keys, so the line is exactly prefix ‖ entry ‖ leaf member.
+    let entry = line
+        .strip_prefix(ENTRY_PREFIX)
+        .and_then(|rest| rest.rsplit_once(LEAF_KEY))
+        .map(|(entry, _)| entry)
+        .ok_or(ExportError::NotCanonical { index })?;
+    Ok((entry, recorded, value["entry"].take()))
 }
 
 /// Why an export failed verification; the first problem found, as precisely as it can be named.
@@ -58,9 +115,11 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
         .next()
         .ok_or_else(|| ExportError::Header("the export is empty".into()))
         .and_then(|line| serde_json::from_str(line).map_err(|e| ExportError::Header(e.to_string())))?;
-    if header.get("format").and_then(Value::as_str) != Some(EXPORT_FORMAT) {
-        return Err(ExportError::Header(format!("format is not {EXPORT_FORMAT:?}")));
-    }
+    let wrapped = match header.get("format").and_then(Value::as_str) {
+        Some(EXPORT_FORMAT) => true,
+        Some(EXPORT_FORMAT_V1) => false,
+        _ => return Err(ExportError::Header(format!("format is not {EXPORT_FORMAT:?}"))),
+    };
     let note = header
         .get("checkpoint")
         .and_then(Value::as_str)
@@ -69,12 +128,20 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
         verify_checkpoint(note, verifier_key).map_err(|e| ExportError::Checkpoint(format!("{e:#}")))?;
 
     let mut hashes = MemoryHashes::default();
+    let mut recorded_leaves = Vec::new();
     let mut count = 0u64;
     for (position, line) in lines.enumerate() {
         let index = position as u64;
         let line_number = index + 2;
-        let entry: Value = serde_json::from_str(line)
-            .map_err(|e| ExportError::NotJson { line: line_number, message: e.to_string() })?;
+        let (bytes, entry) = if wrapped {
+            let (bytes, recorded, entry) = split_entry_line(line, index)?;
+            recorded_leaves.push(recorded);
+            (bytes, entry)
+        } else {
+            let entry: Value = serde_json::from_str(line)
+                .map_err(|e| ExportError::NotJson { line: line_number, message: e.to_string() })?;
+            (line, entry)
+        };
         match entry.get("index").and_then(Value::as_u64) {
             Some(claimed) if claimed == index => {}
             other => {
@@ -85,10 +152,11 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
                 });
             }
         }
-        if to_canonical_bytes(&entry) != line.as_bytes() {
+        // A format-2 line was checked canonical as a whole, entry included.
+        if !wrapped && to_canonical_bytes(&entry) != bytes.as_bytes() {
             return Err(ExportError::NotCanonical { index });
         }
-        let new = stored_hashes(index, line.as_bytes(), &hashes).map_err(|e| ExportError::Header(e.to_string()))?;
+        let new = stored_hashes(index, bytes.as_bytes(), &hashes).map_err(|e| ExportError::Header(e.to_string()))?;
         hashes.0.extend(new);
         count += 1;
     }
@@ -97,6 +165,9 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
     }
     let computed = tree_hash(size, &hashes).map_err(|e| ExportError::Header(e.to_string()))?;
     if computed != signed_root {
+        if let Some(index) = first_altered(export, &recorded_leaves, size, signed_root)? {
+            return Err(ExportError::Altered { index });
+        }
         return Err(ExportError::Root { computed: hex::encode(computed.0), signed: hex::encode(signed_root.0) });
     }
     if let Some(earlier) = earlier {
@@ -117,6 +188,29 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
         }
     }
     Ok(VerifiedExport { tree_size: size, root_hash: hex::encode(computed.0) })
+}
+
+/// When the recorded leaves hash to the signed root, they are the leaves as written, so the
+/// first entry whose recomputed leaf differs is the altered one. Otherwise nothing is named.
+fn first_altered(export: &str, recorded: &[Hash], size: u64, signed_root: Hash) -> Result<Option<u64>, ExportError> {
+    if recorded.len() as u64 != size {
+        return Ok(None);
+    }
+    let mut hashes = MemoryHashes::default();
+    for (n, leaf) in recorded.iter().enumerate() {
+        let new = stored_hashes_for_record_hash(n as u64, *leaf, &hashes).map_err(|e| ExportError::Header(e.to_string()))?;
+        hashes.0.extend(new);
+    }
+    if tree_hash(size, &hashes).map_err(|e| ExportError::Header(e.to_string()))? != signed_root {
+        return Ok(None);
+    }
+    for (index, (line, leaf)) in export.lines().skip(1).zip(recorded).enumerate() {
+        let (entry, _, _) = split_entry_line(line, index as u64)?;
+        if record_hash(entry.as_bytes()) != *leaf {
+            return Ok(Some(index as u64));
+        }
+    }
+    Ok(None)
 }
 
 /// Stored hashes in memory: they are appended in stored-hash-index order, so the index is

@@ -7,7 +7,7 @@ mod hashes;
 
 pub use bundle::{BUNDLE_FORMAT, BundleError, verify_bundle};
 pub use checkpoint::{CheckpointSigner, verify_checkpoint};
-pub use export::{ExportError, VerifiedExport, verify_export};
+pub use export::{EXPORT_FORMAT, ExportError, VerifiedExport, export_entries, verify_export};
 
 use std::{
     collections::HashMap,
@@ -239,8 +239,7 @@ impl Ledger {
     pub async fn audit_bundle(&self) -> anyhow::Result<Value> {
         let export = self.export().await?;
         let mut digests = std::collections::BTreeSet::new();
-        for line in export.lines().skip(1) {
-            let entry: Value = serde_json::from_str(line).context("decoding exported entry")?;
+        for entry in export::export_entries(&export) {
             digests.extend(bundle::cited_digests(&entry));
         }
         let digests: Vec<String> = digests.into_iter().collect();
@@ -259,43 +258,15 @@ impl Ledger {
 
     /// Recomputes every leaf from the stored entries and checks them against the stored tree
     /// (via a freshly signed checkpoint): detects rows edited, removed or reordered in the
-    /// database behind the triggers' back.
+    /// database behind the triggers' back, and names an edited entry by its recorded leaf.
     pub async fn verify(&self) -> anyhow::Result<Result<VerifiedExport, ExportError>> {
         let export = self.export().await?;
-        let result = verify_export(&export, &self.signer.verifier_keys(), None);
-        if let Err(ExportError::Root { .. }) = &result {
-            // The stored tree still commits to the original leaves: name the entry that moved.
-            if let Some(index) = self.first_altered_entry().await? {
-                return Ok(Err(ExportError::Altered { index }));
-            }
-        }
-        Ok(result)
-    }
-
-    /// The first entry whose bytes no longer hash to the leaf stored when it was written.
-    async fn first_altered_entry(&self) -> anyhow::Result<Option<u64>> {
-        let mut conn = self.store.pool().acquire().await.context("acquiring connection")?;
-        let mut next = 0i64;
-        loop {
-            let batch = self.store.ledger_entries(next, 1000).await?;
-            let Some((last, _)) = batch.last() else {
-                return Ok(None);
-            };
-            next = last + 1;
-            let leaf_index = |index: i64| stored_hash_index(0, index as u64) as i64;
-            let wanted: Vec<i64> = batch.iter().map(|(index, _)| leaf_index(*index)).collect();
-            let recorded = Store::ledger_read_hashes(&mut conn, &wanted).await?;
-            for (index, entry) in &batch {
-                let leaf = record_hash(entry.as_bytes());
-                if recorded.get(&leaf_index(*index)).map(Vec::as_slice) != Some(&leaf.0[..]) {
-                    return Ok(Some(*index as u64));
-                }
-            }
-        }
+        Ok(verify_export(&export, &self.signer.verifier_keys(), None))
     }
 
     /// The whole ledger as an export: a header line with the signed checkpoint, then every
-    /// entry's canonical bytes, one per line (JSON Lines). See [`verify_export`].
+    /// entry's canonical bytes with its recorded leaf, one per line (JSON Lines). See
+    /// [`verify_export`].
     pub async fn export(&self) -> anyhow::Result<String> {
         let chunks: Vec<String> = self.export_stream().await?.try_collect().await?;
         Ok(chunks.concat())
@@ -316,12 +287,16 @@ impl Ledger {
                 }
                 let mut chunk = String::new();
                 let mut after = next;
-                for (index, entry) in store.ledger_entries(next, 1000).await? {
+                let page = store.ledger_entries(next, 1000).await?;
+                let leaf_indexes: Vec<i64> = page.iter().map(|(index, _)| stored_hash_index(0, *index as u64) as i64).collect();
+                let mut conn = store.pool().acquire().await.context("acquiring connection")?;
+                let leaves = Store::ledger_read_hashes(&mut conn, &leaf_indexes).await?;
+                for ((index, entry), leaf_index) in page.into_iter().zip(leaf_indexes) {
                     if index as u64 >= size {
                         break;
                     }
-                    chunk.push_str(&entry);
-                    chunk.push('\n');
+                    let leaf = leaves.get(&leaf_index).with_context(|| format!("no stored leaf for entry {index}"))?;
+                    chunk.push_str(&export::entry_line(&entry, leaf));
                     after = index + 1;
                 }
                 Ok((after > next).then_some((chunk, after)))
@@ -352,6 +327,17 @@ impl Ledger {
             commit_batch(&store, batch).await;
         });
         answer.await.map_err(|_| anyhow::anyhow!("ledger batch ended without an answer"))?.map_err(anyhow::Error::msg)
+    }
+
+    /// Opens a write transaction that will end with one ledger entry, for a change that must
+    /// be recorded atomically with its entry (a governance event: approval, activation, …).
+    /// The caller makes its change on [`LedgerTransaction::conn`], then
+    /// [`LedgerTransaction::commit`]s it with the entry: both land, or neither. Appends from
+    /// other callers wait meanwhile (they take the same writer lock), so keep it short.
+    pub async fn begin(&self) -> anyhow::Result<LedgerTransaction> {
+        let writer = self.append_lock.clone().lock_owned().await;
+        let tx = self.store.begin_write().await?;
+        Ok(LedgerTransaction { _writer: writer, tx })
     }
 
     /// Size and root hash (hex) of the tree over every committed entry.
@@ -397,9 +383,34 @@ async fn commit_batch(store: &Store, batch: Vec<Pending>) {
     }
 }
 
+/// A write transaction that holds the ledger's writer lock; see [`Ledger::begin`].
+pub struct LedgerTransaction {
+    _writer: tokio::sync::OwnedMutexGuard<()>,
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+}
+
+impl LedgerTransaction {
+    pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        &mut self.tx
+    }
+
+    /// Appends `draft` and commits it together with everything done on [`Self::conn`].
+    pub async fn commit(mut self, draft: EntryDraft) -> anyhow::Result<Appended> {
+        let appended = write_entries(&mut self.tx, vec![draft]).await?.remove(0);
+        self.tx.commit().await.context("committing ledger transaction")?;
+        Ok(appended)
+    }
+}
+
 async fn write_batch(store: &Store, drafts: Vec<EntryDraft>) -> anyhow::Result<Vec<Appended>> {
     let mut tx = store.begin_write().await?;
-    let first = Store::ledger_size(&mut tx).await?;
+    let appended = write_entries(&mut tx, drafts).await?;
+    tx.commit().await.context("committing ledger batch")?;
+    Ok(appended)
+}
+
+async fn write_entries(tx: &mut sqlx::AnyConnection, drafts: Vec<EntryDraft>) -> anyhow::Result<Vec<Appended>> {
+    let first = Store::ledger_size(&mut *tx).await?;
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let mut appended = Vec::with_capacity(drafts.len());
     for (offset, draft) in drafts.into_iter().enumerate() {
@@ -417,7 +428,7 @@ async fn write_batch(store: &Store, drafts: Vec<EntryDraft>) -> anyhow::Result<V
         let bytes = to_canonical_bytes(&entry);
         let n = index as u64;
         // Reads see the hashes this transaction has written for earlier entries of the batch.
-        let new_hashes = with_stored_hashes(&mut tx, |reader| stored_hashes(n, &bytes, reader)).await?;
+        let new_hashes = with_stored_hashes(&mut *tx, |reader| stored_hashes(n, &bytes, reader)).await?;
         let row = LedgerRow {
             index,
             created_at: created_at.clone(),
@@ -430,10 +441,9 @@ async fn write_batch(store: &Store, drafts: Vec<EntryDraft>) -> anyhow::Result<V
             entry: String::from_utf8(bytes).context("canonical entry is not UTF-8")?,
         };
         let hash_bytes: Vec<Vec<u8>> = new_hashes.iter().map(|h| h.0.to_vec()).collect();
-        Store::ledger_insert(&mut tx, &row, stored_hash_index(0, n) as i64, &hash_bytes).await?;
+        Store::ledger_insert(&mut *tx, &row, stored_hash_index(0, n) as i64, &hash_bytes).await?;
         appended.push(Appended { index: n, leaf_hash: hex::encode(new_hashes[0].0) });
     }
-    tx.commit().await.context("committing ledger batch")?;
     Ok(appended)
 }
 

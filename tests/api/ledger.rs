@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tiergate::{
     canonical::to_canonical_bytes,
-    ledger::{BundleError, CheckpointSigner, ExportError, Ledger, verify_bundle, verify_checkpoint, verify_export},
+    ledger::{BundleError, CheckpointSigner, ExportError, Ledger, export_entries, verify_bundle, verify_checkpoint, verify_export},
 };
 
 use crate::helpers::{spawn_app, user_message};
@@ -158,12 +158,27 @@ async fn every_kind_of_tampering_with_an_export_is_detected() {
     let reordered = with_lines(vec![lines[2], lines[1], lines[3]]);
     let other_key = CheckpointSigner::load_or_create(&std::env::temp_dir().join(format!("k-{}", uuid::Uuid::new_v4())), "tiergate.local/ledger").unwrap();
 
-    assert!(matches!(verify_export(&edited, &key, None), Err(ExportError::Root { .. })));
+    assert_eq!(verify_export(&edited, &key, None), Err(ExportError::Altered { index: 1 }));
     assert!(matches!(verify_export(&deleted, &key, None), Err(ExportError::Index { expected: 1, .. })));
     assert!(matches!(verify_export(&reordered, &key, None), Err(ExportError::Index { expected: 0, .. })));
     assert!(matches!(verify_export(&export, &other_key.verifier_key, None), Err(ExportError::Checkpoint(_))));
     let (verified, output) = run_verify(&edited, &key);
-    assert!(!verified && output.contains("do not hash to the signed root"), "{output}");
+    assert!(!verified && output.contains("entry 1 was altered"), "{output}");
+
+    // Recorded leaves are only trusted when they hash to the signed root: an edit that also
+    // rewrites its leaf is still caught, but no longer attributed to one entry.
+    let forged_leaf = tlog_tiles::record_hash(
+        &to_canonical_bytes(&export_entries(&edited).nth(1).unwrap()),
+    );
+    let edited_line: Value = serde_json::from_str(lines[2]).unwrap();
+    let edited_with_leaf = with_lines(vec![
+        lines[1],
+        &lines[2]
+            .replace("\"served\"", "\"denied\"")
+            .replace(edited_line["leaf_hash"].as_str().unwrap(), &hex::encode(forged_leaf.0)),
+        lines[3],
+    ]);
+    assert!(matches!(verify_export(&edited_with_leaf, &key, None), Err(ExportError::Root { .. })));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -183,8 +198,8 @@ async fn a_row_edited_directly_in_the_database_file_fails_verification() {
     let (export, key) = export_and_key(&app).await;
     let served: Value = app.get("/v1/ledger/verify").await.json().await.unwrap();
 
-    let result = verify_export(&export, &key, None);
-    assert!(matches!(result, Err(ExportError::Root { .. })), "{result:?}");
+    // Offline, with the export alone, the auditor is told which entry changed.
+    assert_eq!(verify_export(&export, &key, None), Err(ExportError::Altered { index: 0 }));
     assert_eq!(served["verified"], false);
     assert!(served["problem"].as_str().unwrap().contains("entry 0 was altered"), "{served}");
 }
@@ -241,13 +256,14 @@ async fn a_rewritten_history_fails_against_an_earlier_checkpoint_even_when_re_si
     let between: Value = app.get("/v1/ledger/consistency/1?to=2").await.json().await.unwrap();
     let (to_size, to_root) = verify_checkpoint(between["checkpoint"].as_str().unwrap(), &key).unwrap();
     assert_eq!((to_size, to_root), (2, earlier_root), "the tree of 2 is the one the earlier checkpoint signed");
-    assert!(tlog_tiles::check_tree(&hashes_from_hex(&between["proof"]), 2, to_root, 1, tlog_tiles::record_hash(export.lines().nth(1).unwrap().as_bytes())).is_ok());
+    assert!(tlog_tiles::check_tree(&hashes_from_hex(&between["proof"]), 2, to_root, 1, tlog_tiles::record_hash(&to_canonical_bytes(&export_entries(&export).next().unwrap()))).is_ok());
     assert_eq!(app.get("/v1/ledger/consistency/2?to=9").await.status(), 404);
 
     // An operator with the signing key rewrites entry 0 and re-signs a self-consistent log.
-    let lines: Vec<&str> = export.lines().skip(1).collect();
+    let lines: Vec<String> =
+        export_entries(&export).map(|entry| String::from_utf8(to_canonical_bytes(&entry)).unwrap()).collect();
     let rewritten: Vec<String> =
-        std::iter::once(lines[0].replace("\"always-small\"", "\"support-triage\"")).chain(lines[1..].iter().map(|l| l.to_string())).collect();
+        std::iter::once(lines[0].replace("\"always-small\"", "\"support-triage\"")).chain(lines[1..].iter().cloned()).collect();
     let mut hashes = Vec::<tlog_tiles::Hash>::new();
     struct Mem<'a>(&'a [tlog_tiles::Hash]);
     impl tlog_tiles::HashReader for Mem<'_> {
