@@ -4,7 +4,10 @@ use actix_web::{HttpResponse, ResponseError, http::StatusCode};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::telemetry::current_request_id;
+use crate::{
+    registry::{CardError, LifecycleError, SchemaViolation},
+    telemetry::current_request_id,
+};
 
 /// An error returned to an API caller. The `code` strings are part of the API contract: clients
 /// match on them, so never rename one.
@@ -20,6 +23,24 @@ pub enum ApiError {
     NotFound(String),
     #[error("{message}")]
     PolicyDenied { message: String, ledger_index: Option<u64> },
+    /// A document that does not parse: 400 with where.
+    #[error("{message}")]
+    Syntax { message: String, line: usize, column: usize },
+    /// A document that breaks its schema: 422 with every violation.
+    #[error("{message}")]
+    SchemaViolations { message: String, violations: Vec<SchemaViolation> },
+    /// A policy bundle that does not compile: 422 with module, line and column.
+    #[error("policy bundle does not compile: {0}")]
+    PolicyCompile(crate::policy::CompileError),
+    /// No identity on a request that needs one.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The four-eyes rule: the author of a version may not approve or activate it.
+    #[error("{0}")]
+    FourEyes(String),
+    /// The request does not fit the current state (e.g. activating a draft).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unavailable(String),
     /// The cause is logged, never shown: 5xx bodies stay opaque.
@@ -35,8 +56,41 @@ impl ApiError {
             ApiError::UnknownSystem(_) => "unknown_system",
             ApiError::NotFound(_) => "not_found",
             ApiError::PolicyDenied { .. } => "policy_denied",
+            ApiError::Syntax { .. } => "syntax_error",
+            ApiError::PolicyCompile(_) => "policy_compile_error",
+            ApiError::SchemaViolations { .. } => "schema_violation",
+            ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::FourEyes(_) => "four_eyes_required",
+            ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl From<CardError> for ApiError {
+    fn from(error: CardError) -> Self {
+        match error {
+            CardError::Syntax { line, column, .. } => ApiError::Syntax { message: error.to_string(), line, column },
+            CardError::Schema(ref violations) => {
+                let violations = violations.clone();
+                ApiError::SchemaViolations { message: error.to_string(), violations }
+            }
+            CardError::Invalid(message) => ApiError::InvalidRequest(message),
+        }
+    }
+}
+
+impl From<LifecycleError> for ApiError {
+    fn from(error: LifecycleError) -> Self {
+        match error {
+            LifecycleError::NotFound(message) => ApiError::NotFound(message),
+            LifecycleError::FourEyes(message) => ApiError::FourEyes(message),
+            LifecycleError::Conflict(message) => ApiError::Conflict(message),
+            LifecycleError::Unprocessable(message) => ApiError::InvalidRequest(message),
+            LifecycleError::Card(card) => card.into(),
+            LifecycleError::PolicyCompile(error) => ApiError::PolicyCompile(error),
+            LifecycleError::Internal(error) => ApiError::Internal(error),
         }
     }
 }
@@ -65,13 +119,33 @@ pub struct ErrorDetail {
     /// For `policy_denied`: the ledger entry that records the refusal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger_index: Option<u64>,
+    /// For `policy_compile_error`: the Rego module at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+    /// For `syntax_error` and `policy_compile_error`: where (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<TextLocation>,
+    /// For `schema_violation`: every violation, each with its JSON path and schema rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub violations: Option<Vec<SchemaViolation>>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct TextLocation {
+    pub line: usize,
+    pub column: usize,
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) => StatusCode::BAD_REQUEST,
-            ApiError::InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::MalformedJson(_) | ApiError::Syntax { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidRequest(_) | ApiError::SchemaViolations { .. } | ApiError::PolicyCompile(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
+            ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            ApiError::FourEyes(_) => StatusCode::FORBIDDEN,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnknownSystem(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PolicyDenied { .. } => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -89,12 +163,28 @@ impl ResponseError for ApiError {
             ApiError::PolicyDenied { ledger_index, .. } => *ledger_index,
             _ => None,
         };
+        let location = match self {
+            ApiError::Syntax { line, column, .. } => Some(TextLocation { line: *line, column: *column }),
+            ApiError::PolicyCompile(e) => Some(TextLocation { line: e.line as usize, column: e.column as usize }),
+            _ => None,
+        };
+        let module = match self {
+            ApiError::PolicyCompile(e) => Some(e.module.clone()),
+            _ => None,
+        };
+        let violations = match self {
+            ApiError::SchemaViolations { violations, .. } => Some(violations.clone()),
+            _ => None,
+        };
         HttpResponse::build(self.status_code()).json(ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_owned(),
                 message: self.to_string(),
                 request_id: current_request_id().unwrap_or_default(),
                 ledger_index,
+                location,
+                module,
+                violations,
             },
         })
     }

@@ -7,7 +7,7 @@ use tiergate::{
     config::{Settings, SettingsArgs},
     ledger::{BUNDLE_FORMAT, CheckpointSigner, verify_bundle, verify_export},
     policy::{BundleSource, CompiledBundle, TestOutcome},
-    registry::{ArtifactRef, parse_card},
+    registry::{ArtifactRef, CardError, parse_card},
     startup::{Application, LEDGER_KEY_FILE},
     telemetry,
 };
@@ -126,6 +126,14 @@ fn validate_cards(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
         match parse_card(&text) {
             Ok(card) => println!("{}: ok ({:?} card {})", file.display(), card.kind, card.id),
+            // The same violations, with the same wording, as the API's 422 body; one per line.
+            Err(CardError::Schema(violations)) => {
+                failed = true;
+                println!("{}: card violates its schema ({} violations):", file.display(), violations.len());
+                for violation in violations {
+                    println!("  {violation}");
+                }
+            }
             Err(error) => {
                 failed = true;
                 println!("{}: {error}", file.display());
@@ -138,20 +146,29 @@ fn validate_cards(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
 fn test_policy(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let source = BundleSource::from_dir(dir)?;
     let reference = ArtifactRef { id: source.id.clone(), version: 1 };
-    let bundle = CompiledBundle::compile(&source, reference, String::new(), Duration::from_secs(1))?;
-    let results = bundle.run_tests(&source);
-    let mut passed = 0;
-    for result in &results {
+    let bundle = match CompiledBundle::compile_checked(&source, reference, String::new(), Duration::from_secs(2)) {
+        Ok(bundle) => bundle,
+        Err(error) => {
+            println!("COMPILE ERROR {error}\n{}", error.detail);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let report = bundle.test_report(&source);
+    for result in &report.results {
         let label = match result.outcome {
             TestOutcome::Pass => "PASS",
             TestOutcome::Fail => "FAIL",
             TestOutcome::Error => "ERROR",
         };
         println!("{label} {}: {}{}", result.module, result.name, result.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default());
-        passed += usize::from(result.outcome == TestOutcome::Pass);
     }
-    println!("{passed} passed, {} failed", results.len() - passed);
-    Ok(if passed == results.len() && !results.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    for module in &report.coverage {
+        let missed: Vec<String> = module.not_covered_lines.iter().map(u32::to_string).collect();
+        let missed = if missed.is_empty() { String::new() } else { format!(" (lines not covered: {})", missed.join(", ")) };
+        println!("coverage {}: {:.1}%{missed}", module.module, module.percent);
+    }
+    println!("{} passed, {} failed, {} errors", report.passed, report.failed, report.errors);
+    Ok(if report.all_passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn verify_ledger(export: &std::path::Path, key: &str, previous: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {

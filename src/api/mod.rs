@@ -3,6 +3,7 @@
 pub mod chat;
 pub mod health;
 pub mod ledger;
+pub mod registry;
 
 use std::sync::Arc;
 
@@ -10,13 +11,20 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa::OpenApi;
 use utoipa_actix_web::{AppExt, service_config::ServiceConfig};
 
-use crate::{error::ApiError, routing::Router, store::Store};
+use crate::{
+    error::ApiError,
+    registry::Registry,
+    routing::{Router, SystemLoader},
+    store::Store,
+};
 
 /// Shared state of every worker.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub router: Arc<Router>,
     pub store: Store,
+    pub registry: Registry,
+    pub loader: Arc<SystemLoader>,
 }
 
 #[derive(OpenApi)]
@@ -31,6 +39,8 @@ pub struct AppState {
     tags(
         (name = "inference", description = "OpenAI-compatible chat completions routed through the tiers"),
         (name = "ledger", description = "The tamper-evident decision ledger: checkpoints, proofs, export"),
+        (name = "registry", description = "Versioned model cards, system cards and policy bundles: submit, approve (four-eyes), activate, retire, roll back, export"),
+        (name = "policies", description = "Policy bundles: tests with coverage, dry-run, replay against the ledger, shadow mode"),
         (name = "operations", description = "Health, readiness and the API description"),
     )
 )]
@@ -52,7 +62,24 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(ledger::export)
         .service(ledger::audit_bundle)
         .service(ledger::verify)
-        .service(ledger::get_consistency);
+        .service(ledger::get_consistency)
+        .service(registry::submit_card)
+        .service(registry::list_cards)
+        .service(registry::list_versions)
+        .service(registry::get_version)
+        .service(registry::diff_versions)
+        .service(registry::approve_version)
+        .service(registry::activate_version)
+        .service(registry::retire_version)
+        .service(registry::rollback_version)
+        .service(registry::model_card_cyclonedx)
+        .service(registry::model_card_markdown)
+        .service(registry::policy_tests)
+        .service(registry::dry_run)
+        .service(registry::replay_policy)
+        .service(registry::attach_shadow)
+        .service(registry::detach_shadow)
+        .service(registry::shadow_report_of);
 }
 
 /// The OpenAPI 3.1 document, generated from the code (also served at `/openapi.json`).
@@ -68,6 +95,17 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 /// Query-string errors get the documented JSON error body too, naming the parameter.
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|error, _req| ApiError::InvalidRequest(format!("query: {error}")).into())
+}
+
+/// Path-segment errors (an unknown collection, a version that is not a number) get the
+/// documented JSON error body, naming the segment.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|error, req| ApiError::NotFound(format!("{}: {error}", req.path())).into())
+}
+
+/// The time of a change, as recorded (RFC 3339, UTC, microseconds).
+pub fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// JSON for unknown paths, so that clients always get the documented error body.

@@ -52,6 +52,47 @@ impl BundleSource {
         json!({"kind": "policy-bundle", "id": self.id, "modules": self.modules, "data": self.data})
     }
 
+    /// Reads a submitted bundle document, naming the first thing wrong by its JSON path:
+    /// `{"kind"?: "policy-bundle", "id": slug, "modules": {"<name>.rego": text, …}, "data"?: {…}}`.
+    pub fn from_submission(document: &Value) -> Result<BundleSource, String> {
+        let Some(object) = document.as_object() else {
+            return Err("/: a policy bundle is a JSON object with id, modules and data".into());
+        };
+        if let Some(unknown) = object.keys().find(|k| !["kind", "id", "modules", "data"].contains(&k.as_str())) {
+            return Err(format!("/{unknown}: unknown member (a bundle has kind, id, modules and data)"));
+        }
+        match object.get("kind") {
+            None => {}
+            Some(Value::String(kind)) if kind == "policy-bundle" => {}
+            Some(other) => return Err(format!("/kind: {other} is not \"policy-bundle\"")),
+        }
+        let id = object.get("id").and_then(Value::as_str).ok_or("/id: missing (a slug such as \"my-policy\")")?;
+        validate_slug(id).map_err(|e| format!("/id: {e}"))?;
+        let Some(Value::Object(members)) = object.get("modules") else {
+            return Err("/modules: missing; an object mapping file names (*.rego) to Rego text".into());
+        };
+        if members.is_empty() {
+            return Err("/modules: no modules".into());
+        }
+        let mut modules = BTreeMap::new();
+        for (name, text) in members {
+            let valid_name = name.ends_with(".rego") && name.len() > 5 && !name.contains(['/', '\\']);
+            if !valid_name {
+                return Err(format!("/modules/{name}: module names are file names ending in .rego"));
+            }
+            let Some(text) = text.as_str() else {
+                return Err(format!("/modules/{name}: must be Rego source text"));
+            };
+            modules.insert(name.clone(), text.to_owned());
+        }
+        let data = match object.get("data") {
+            None => json!({}),
+            Some(data @ Value::Object(_)) => data.clone(),
+            Some(_) => return Err("/data: must be a JSON object".into()),
+        };
+        Ok(BundleSource { id: id.to_owned(), modules, data })
+    }
+
     pub fn from_document(document: &Value) -> anyhow::Result<BundleSource> {
         let id = document.get("id").and_then(Value::as_str).context("bundle document has no id")?;
         let modules: BTreeMap<String, String> = serde_json::from_value(

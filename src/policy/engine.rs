@@ -3,7 +3,7 @@
 use std::{num::NonZeroU32, time::{Duration, Instant}};
 
 use regorus::{Engine, utils::limits::ExecutionTimerConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::bundle::BundleSource;
@@ -33,15 +33,17 @@ impl Gate {
 
 /// What a gate decided. A decision with `error` set is the fail-closed `deny` that replaced a
 /// policy that errored, timed out or returned something malformed.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct GateDecision {
     pub action: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tier: Option<usize>,
+    #[serde(default)]
     pub reasons: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Wall time of the evaluation in microseconds.
+    #[serde(default)]
     pub eval_us: u64,
 }
 
@@ -54,6 +56,43 @@ impl GateDecision {
             error: Some(error),
             eval_us,
         }
+    }
+}
+
+/// A bundle that does not compile: which module, where, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error, utoipa::ToSchema)]
+#[error("{module}:{line}:{column}: {message}")]
+pub struct CompileError {
+    /// The module's file name (`data.json` for the data document).
+    pub module: String,
+    /// 1-based; 0 when the cause has no position.
+    pub line: u32,
+    pub column: u32,
+    pub message: String,
+    /// The compiler's full report, with the offending line quoted.
+    pub detail: String,
+}
+
+impl CompileError {
+    /// Reads the position out of a regorus error (`--> file:line:col` … `error: message`).
+    fn from_regorus(module: &str, error: &str) -> CompileError {
+        let position = error
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("--> "))
+            .and_then(|at| {
+                let mut parts = at.rsplitn(3, ':');
+                let column = parts.next()?.trim().parse().ok()?;
+                let line = parts.next()?.trim().parse().ok()?;
+                Some((parts.next().unwrap_or(module).to_owned(), line, column))
+            });
+        let message = error
+            .lines()
+            .rev()
+            .find_map(|line| line.strip_prefix("error: "))
+            .unwrap_or_else(|| error.trim())
+            .to_owned();
+        let (module, line, column) = position.unwrap_or_else(|| (module.to_owned(), 0, 0));
+        CompileError { module, line, column, message, detail: error.trim().to_owned() }
     }
 }
 
@@ -80,6 +119,18 @@ impl CompiledBundle {
         digest: String,
         eval_timeout: Duration,
     ) -> anyhow::Result<CompiledBundle> {
+        let label = reference.to_string();
+        Self::compile_checked(source, reference, digest, eval_timeout)
+            .map_err(|e| anyhow::anyhow!("policy bundle {label}: {e}\n{}", e.detail))
+    }
+
+    /// [`CompiledBundle::compile`] with the error as data, for callers that report it.
+    pub fn compile_checked(
+        source: &BundleSource,
+        reference: ArtifactRef,
+        digest: String,
+        eval_timeout: Duration,
+    ) -> Result<CompiledBundle, CompileError> {
         let mut engine = Engine::new();
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit: eval_timeout,
@@ -90,11 +141,15 @@ impl CompiledBundle {
         for (name, text) in &source.modules {
             engine
                 .add_policy(name.clone(), text.clone())
-                .map_err(|e| anyhow::anyhow!("policy bundle {reference}: {e}"))?;
+                .map_err(|e| CompileError::from_regorus(name, &e.to_string()))?;
         }
-        engine
-            .add_data(regorus::Value::from(source.data.clone()))
-            .map_err(|e| anyhow::anyhow!("policy bundle {reference}: data document: {e}"))?;
+        engine.add_data(regorus::Value::from(source.data.clone())).map_err(|e| CompileError {
+            module: "data.json".into(),
+            line: 0,
+            column: 0,
+            message: e.to_string(),
+            detail: e.to_string(),
+        })?;
         Ok(CompiledBundle { reference, digest, engine })
     }
 
@@ -119,10 +174,11 @@ impl CompiledBundle {
         }
     }
 
-    /// Evaluates a rule by full path (used by the test runner).
-    pub(super) fn eval_rule(&self, rule: &str) -> Result<regorus::Value, String> {
+    /// A private copy of the engine that records line coverage (for the test runner).
+    pub(super) fn engine_for_tests(&self) -> Engine {
         let mut engine = self.engine.clone();
-        engine.eval_rule(rule.to_owned()).map_err(|e| e.to_string())
+        engine.set_enable_coverage(true);
+        engine
     }
 }
 
@@ -235,10 +291,12 @@ mod tests {
             data: json!({}),
         };
 
-        let error = CompiledBundle::compile(&source, ArtifactRef::parse("t@1").unwrap(), "d".into(), Duration::from_millis(50))
-            .unwrap_err()
-            .to_string();
+        let error = CompiledBundle::compile_checked(&source, ArtifactRef::parse("t@1").unwrap(), "d".into(), Duration::from_millis(50))
+            .unwrap_err();
 
-        assert!(error.contains("broken.rego"), "{error}");
+        assert_eq!(error.module, "broken.rego", "{error:?}");
+        assert!(error.line >= 2, "{error:?}");
+        assert!(error.column >= 1, "{error:?}");
+        assert!(!error.message.is_empty());
     }
 }

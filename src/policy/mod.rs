@@ -2,8 +2,10 @@
 
 mod bundle;
 mod engine;
+mod replay;
 mod testing;
 
 pub use bundle::BundleSource;
-pub use engine::{CompiledBundle, Gate, GateDecision};
-pub use testing::{TestOutcome, TestResult};
+pub use engine::{CompileError, CompiledBundle, Gate, GateDecision};
+pub use replay::{DecisionPath, ReplayReport, RequestDifference, Step, TierPrices, Totals, replay, shadow_report};
+pub use testing::{ModuleCoverage, TestOutcome, TestReport, TestResult};

@@ -35,7 +35,7 @@ pub enum CardError {
 }
 
 /// One schema violation: where in the document, which schema rule, and what is wrong.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct SchemaViolation {
     pub instance_path: String,
     pub schema_path: String,

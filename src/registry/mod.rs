@@ -1,6 +1,9 @@
 //! The registry of model cards, system cards and policy bundles: immutable versions, digests, aliases.
 
 mod cards;
+mod diff;
+mod export;
+mod lifecycle;
 mod reference;
 mod seed;
 
@@ -8,6 +11,9 @@ pub use cards::{
     CardError, CardKind, Cost, Decoding, ModelCard, Runtime, SchemaViolation, SystemCard, TierSpec,
     ValidatedCard, Weights, WeightsSource, parse_card,
 };
+pub use diff::{Change, diff};
+pub use export::{CYCLONEDX_SPEC_VERSION, cyclonedx, markdown};
+pub use lifecycle::{ACTIVE, APPROVED, Actor, DRAFT, GovernanceRecord, LifecycleError, RETIRED, Submission};
 pub use reference::{ArtifactKind, ArtifactRef, validate_slug};
 pub use seed::{SHIPPED_AUTHOR, SeedReport, seed_shipped};
 
@@ -16,7 +22,7 @@ use serde_json::Value;
 
 use crate::{
     canonical::{sha256_digest, to_canonical_bytes},
-    store::{NewArtifactVersion, Store},
+    store::{AliasMove, NewArtifactVersion, Store},
 };
 
 /// One stored version, decoded.
@@ -116,10 +122,32 @@ impl Registry {
         self.store.artifact_alias(kind.as_str(), id, "active").await
     }
 
-    pub async fn activate(&self, kind: ArtifactKind, reference: &ArtifactRef, now: &str) -> anyhow::Result<()> {
-        self.store
-            .set_artifact_alias(kind.as_str(), &reference.id, "active", reference.version, now)
-            .await
+    /// Makes a shipped version active at start-up (the files were reviewed where the
+    /// repository is reviewed). The move is kept in the alias history, so a later rollback
+    /// can return to it.
+    pub async fn activate_shipped(&self, kind: ArtifactKind, reference: &ArtifactRef, now: &str) -> anyhow::Result<()> {
+        let mut tx = self.store.begin_write().await?;
+        let previous = Store::artifact_alias_with(&mut *tx, kind.as_str(), &reference.id, "active").await?;
+        if let Some(previous) = previous {
+            Store::set_artifact_status(&mut tx, kind.as_str(), &reference.id, previous, APPROVED, None).await?;
+        }
+        Store::set_artifact_status(&mut tx, kind.as_str(), &reference.id, reference.version, ACTIVE, None).await?;
+        Store::move_artifact_alias(
+            &mut tx,
+            &AliasMove {
+                kind: kind.as_str(),
+                id: &reference.id,
+                alias: "active",
+                version: reference.version,
+                previous,
+                action: "seed",
+                actor: SHIPPED_AUTHOR,
+                now,
+            },
+        )
+        .await?;
+        tx.commit().await.context("committing activation")?;
+        Ok(())
     }
 
     /// Every active version of `kind`, decoded.

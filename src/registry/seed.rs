@@ -73,7 +73,7 @@ async fn seed_one(
     now: &str,
     report: &mut SeedReport,
 ) -> anyhow::Result<()> {
-    let stored = registry.store_document(kind, id, original, document, SHIPPED_AUTHOR, "active", now).await?;
+    let stored = registry.store_document(kind, id, original, document, SHIPPED_AUTHOR, super::APPROVED, now).await?;
     let label = format!("{} {}", kind.as_str(), stored.reference);
     if !stored.created {
         report.unchanged.push(label);
@@ -87,7 +87,7 @@ async fn seed_one(
         }
     };
     if activate {
-        registry.activate(kind, &stored.reference, now).await?;
+        registry.activate_shipped(kind, &stored.reference, now).await?;
     } else {
         tracing::warn!(artifact = %label, "shipped file changed, but a non-shipped version is active: not activating");
     }

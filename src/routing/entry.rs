@@ -7,7 +7,7 @@ use crate::{
     canonical::{sha256_hex, to_canonical_bytes},
     inference::Role,
     ledger::EntryDraft,
-    policy::GateDecision,
+    policy::{CompiledBundle, GateDecision},
 };
 
 pub(super) struct EntryBuilder {
@@ -82,6 +82,19 @@ impl EntryBuilder {
             "answer_sha256": attempt.generation.as_ref().map(|g| sha256_hex(g.text.as_bytes())),
             "accept": {"input": attempt.accept_input, "decision": accept},
         }));
+    }
+
+    /// The shadow bundle's decisions on this request (route, and accept per attempt, in order):
+    /// recorded for comparison, never acted on.
+    pub fn set_shadow(&mut self, shadow: &CompiledBundle, route: GateDecision, accepts: Vec<GateDecision>) {
+        self.body.insert(
+            "shadow".into(),
+            json!({
+                "policy": {"id": shadow.reference.id, "version": shadow.reference.version, "digest": shadow.digest},
+                "route": route,
+                "accepts": accepts,
+            }),
+        );
     }
 
     pub fn finish(mut self, request_id: &str, outcome: Outcome, answer: Option<&ServedAnswer>, escalated: bool) -> EntryDraft {

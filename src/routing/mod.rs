@@ -1,11 +1,17 @@
 //! The tier pipeline: route gate → tier → accept gate → (escalate …) → one ledger entry. No HTTP, no SQL.
 
 mod entry;
+mod loader;
 mod system;
 
+pub use loader::{LoaderSettings, SystemLoader};
 pub use system::{SystemRoute, TierRoute};
 
-use std::{collections::{BTreeMap, HashMap}, sync::Arc, time::Instant};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, PoisonError, RwLock},
+    time::Instant,
+};
 
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -13,7 +19,8 @@ use serde_json::{Value, json};
 use crate::{
     inference::{DecodingProfile, Signals, Turn},
     ledger::Ledger,
-    policy::{Gate, GateDecision},
+    policy::{CompiledBundle, Gate, GateDecision},
+    registry::ArtifactRef,
 };
 
 /// Facts about the caller and the request that policies may use.
@@ -107,10 +114,14 @@ pub enum RoutingError {
     LedgerUnavailable(#[source] anyhow::Error),
 }
 
-/// Routes requests through the active systems. Built once at start-up and shared.
+/// Routes requests through the active systems. Built at start-up and shared; activation and
+/// rollback swap a system's route in place, and requests already running keep the route they
+/// started with.
 #[derive(Debug)]
 pub struct Router {
-    systems: HashMap<String, Arc<SystemRoute>>,
+    systems: RwLock<HashMap<String, Arc<SystemRoute>>>,
+    /// Candidate bundles evaluated beside a system's own policy, recorded, never acted on.
+    shadows: RwLock<HashMap<String, Arc<CompiledBundle>>>,
     ledger: Arc<Ledger>,
     store_text: bool,
 }
@@ -118,13 +129,43 @@ pub struct Router {
 impl Router {
     pub fn new(systems: Vec<SystemRoute>, ledger: Arc<Ledger>, store_text: bool) -> Router {
         let systems = systems.into_iter().map(|s| (s.reference.id.clone(), Arc::new(s))).collect();
-        Router { systems, ledger, store_text }
+        Router { systems: RwLock::new(systems), shadows: RwLock::new(HashMap::new()), ledger, store_text }
     }
 
     pub fn system_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.systems.keys().cloned().collect();
+        let mut ids: Vec<String> = self.read_systems().keys().cloned().collect();
         ids.sort();
         ids
+    }
+
+    /// The version each system serves now, by system id.
+    pub fn serving(&self, id: &str) -> Option<ArtifactRef> {
+        self.read_systems().get(id).map(|s| s.reference.clone())
+    }
+
+    /// Serves `route` for its system from the next request on.
+    pub fn install(&self, route: SystemRoute) {
+        let mut systems = self.systems.write().unwrap_or_else(PoisonError::into_inner);
+        tracing::info!(system = %route.reference, "now serving");
+        systems.insert(route.reference.id.clone(), Arc::new(route));
+    }
+
+    /// Attaches (or, with `None`, detaches) a shadow bundle to a system.
+    pub fn set_shadow(&self, system: &str, bundle: Option<Arc<CompiledBundle>>) {
+        let mut shadows = self.shadows.write().unwrap_or_else(PoisonError::into_inner);
+        match bundle {
+            Some(bundle) => shadows.insert(system.to_owned(), bundle),
+            None => shadows.remove(system),
+        };
+    }
+
+    pub fn shadow(&self, system: &str) -> Option<Arc<CompiledBundle>> {
+        self.shadows.read().unwrap_or_else(PoisonError::into_inner).get(system).cloned()
+    }
+
+    fn read_systems(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<SystemRoute>>> {
+        // A panic while holding the lock cannot leave the map half-changed (insert is one step).
+        self.systems.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     pub fn ledger(&self) -> &Arc<Ledger> {
@@ -134,7 +175,7 @@ impl Router {
     #[tracing::instrument(skip_all, fields(system = %request.system_id, outcome, tier_served, escalated))]
     pub async fn handle(&self, request_id: &str, request: ChatRequest) -> Result<Routed, RoutingError> {
         let system = self
-            .systems
+            .read_systems()
             .get(&request.system_id)
             .cloned()
             .ok_or_else(|| RoutingError::UnknownSystem(request.system_id.clone()))?;
@@ -152,6 +193,9 @@ impl Router {
         let tier_count = system.tiers.len();
         let route = system.policy.evaluate(Gate::Route, &base_input, tier_count);
         let mut record = entry::EntryBuilder::new(&system, &request, base_input.clone(), route.clone(), self.store_text);
+        let shadow = self.shadow(&system.reference.id);
+        let shadow_route = shadow.as_ref().map(|s| s.evaluate(Gate::Route, &base_input, tier_count));
+        let mut shadow_accepts = Vec::new();
 
         let mut attempts = Vec::new();
         let mut outcome = Outcome::Denied;
@@ -161,6 +205,9 @@ impl Router {
             for tier in &system.tiers[start..] {
                 let (attempt, accept) = self.attempt(&system, tier, &request, &base_input).await;
                 record.push_attempt(tier, &attempt, &accept);
+                if let Some(shadow) = &shadow {
+                    shadow_accepts.push(shadow.evaluate(Gate::Accept, &attempt.accept_input, tier_count));
+                }
                 reasons = accept.reasons.clone();
                 attempts.push(AttemptSummary {
                     tier: tier.index,
@@ -199,6 +246,9 @@ impl Router {
             }
         }
         let escalated = attempts.len() > 1;
+        if let (Some(shadow), Some(shadow_route)) = (&shadow, shadow_route) {
+            record.set_shadow(shadow, shadow_route, shadow_accepts);
+        }
         let draft = record.finish(request_id, outcome, answer.as_ref(), escalated);
         let appended = self.ledger.append(draft).await.map_err(RoutingError::LedgerUnavailable)?;
 

