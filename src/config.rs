@@ -31,6 +31,11 @@ pub struct Settings {
     pub ledger_origin: String,
     /// How often a checkpoint of the ledger is signed and published (0 = only on demand).
     pub checkpoint_interval_s: u64,
+    /// An admin API key (`tg_<16 hex>.<secret>`) to install at start-up, for automated
+    /// deployments; without it the first start creates one and prints it once.
+    pub bootstrap_admin_key: Option<String>,
+    /// Inference requests per minute per API key, unless the key sets its own (none = no limit).
+    pub rate_limit_per_minute: Option<u32>,
 }
 
 impl Default for Settings {
@@ -47,6 +52,8 @@ impl Default for Settings {
             policy_eval_timeout_ms: 50,
             ledger_origin: "tiergate.local/ledger".to_owned(),
             checkpoint_interval_s: 60,
+            bootstrap_admin_key: None,
+            rate_limit_per_minute: None,
         }
     }
 }
@@ -81,6 +88,10 @@ pub struct SettingsArgs {
     /// Cache directory for fetched model weights.
     #[arg(long, env = "TIERGATE_MODEL_CACHE_DIR")]
     pub model_cache_dir: Option<PathBuf>,
+    /// Admin API key to install at start-up (automated deployments); kept out of the flags
+    /// so that it never shows in a process list.
+    #[arg(skip)]
+    pub bootstrap_admin_key: Option<String>,
 }
 
 impl Settings {
@@ -102,6 +113,9 @@ impl Settings {
         }
         if let Some(dir) = &args.model_cache_dir {
             settings.model_cache_dir = dir.clone();
+        }
+        if let Some(key) = args.bootstrap_admin_key.clone().or_else(|| std::env::var("TIERGATE_BOOTSTRAP_ADMIN_KEY").ok()) {
+            settings.bootstrap_admin_key = Some(key);
         }
         Ok(settings)
     }

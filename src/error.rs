@@ -32,9 +32,15 @@ pub enum ApiError {
     /// A policy bundle that does not compile: 422 with module, line and column.
     #[error("policy bundle does not compile: {0}")]
     PolicyCompile(crate::policy::CompileError),
-    /// No identity on a request that needs one.
+    /// No valid API key on a request that needs one.
     #[error("{0}")]
     Unauthenticated(String),
+    /// A valid key without the role or scope the request needs.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Rate limit or token budget reached: 429 with `Retry-After`.
+    #[error("{message}")]
+    TooManyRequests { code: &'static str, message: String, retry_after_s: u64 },
     /// The four-eyes rule: the author of a version may not approve or activate it.
     #[error("{0}")]
     FourEyes(String),
@@ -60,6 +66,8 @@ impl ApiError {
             ApiError::PolicyCompile(_) => "policy_compile_error",
             ApiError::SchemaViolations { .. } => "schema_violation",
             ApiError::Unauthenticated(_) => "unauthenticated",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::TooManyRequests { code, .. } => code,
             ApiError::FourEyes(_) => "four_eyes_required",
             ApiError::Conflict(_) => "conflict",
             ApiError::Unavailable(_) => "unavailable",
@@ -144,7 +152,8 @@ impl ResponseError for ApiError {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            ApiError::FourEyes(_) => StatusCode::FORBIDDEN,
+            ApiError::FourEyes(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::UnknownSystem(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PolicyDenied { .. } => StatusCode::FORBIDDEN,
@@ -176,7 +185,11 @@ impl ResponseError for ApiError {
             ApiError::SchemaViolations { violations, .. } => Some(violations.clone()),
             _ => None,
         };
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut response = HttpResponse::build(self.status_code());
+        if let ApiError::TooManyRequests { retry_after_s, .. } = self {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_s.to_string()));
+        }
+        response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_owned(),
                 message: self.to_string(),

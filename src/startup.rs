@@ -9,7 +9,8 @@ use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
-    api::{self, ApiDoc, AppState},
+    access::{Access, NewKey, Role},
+    api::{self, ApiDoc, AppState, access::Requirements},
     config::Settings,
     ledger::{CheckpointSigner, Ledger},
     registry::{ArtifactRef, Registry, seed_shipped},
@@ -24,6 +25,7 @@ pub const LEDGER_KEY_FILE: &str = "ledger-signing.key";
 pub struct Application {
     server: Server,
     address: SocketAddr,
+    bootstrap_key: Option<String>,
 }
 
 impl Application {
@@ -57,7 +59,10 @@ impl Application {
             let compiled = loader.policy(&policy).await.with_context(|| format!("shadow policy {policy} of {}", shadow.system_id))?;
             router.set_shadow(&shadow.system_id, Some(compiled));
         }
-        let state = web::Data::new(AppState { router, store, registry, loader });
+        let access = Arc::new(Access::new(store.clone(), settings.rate_limit_per_minute));
+        let bootstrap_key = bootstrap_admin(&access, settings.bootstrap_admin_key.as_deref()).await?;
+        let requirements = Arc::new(Requirements::from_openapi(&api::openapi_document())?);
+        let state = web::Data::new(AppState { router, store, registry, loader, access, requirements });
 
         let listener = TcpListener::bind(&settings.bind).with_context(|| format!("binding {}", settings.bind))?;
         let address = listener.local_addr().context("reading the bound address")?;
@@ -72,12 +77,19 @@ impl Application {
                 .openapi_service(|document| SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document))
                 .into_app()
                 .default_service(web::to(api::not_found))
+                // Outermost last: the request id exists before authorization logs or refuses.
+                .wrap(from_fn(api::access::authorize))
                 .wrap(from_fn(request_id_middleware))
         })
         .listen(listener)
         .context("starting the HTTP server")?
         .run();
-        Ok(Application { server, address })
+        Ok(Application { server, address, bootstrap_key })
+    }
+
+    /// The admin key created on this start because none existed; to be shown once.
+    pub fn bootstrap_key(&self) -> Option<&str> {
+        self.bootstrap_key.as_deref()
     }
 
     pub fn address(&self) -> SocketAddr {
@@ -89,6 +101,30 @@ impl Application {
     }
 }
 
+
+/// Makes sure an admin can get in: installs the supplied bootstrap key, or, when the database
+/// has no key at all, creates one and returns it (to be printed once, never logged).
+pub async fn bootstrap_admin(access: &Access, supplied: Option<&str>) -> anyhow::Result<Option<String>> {
+    let admin = NewKey {
+        subject: "admin".into(),
+        roles: vec![Role::Admin],
+        scopes: None,
+        expires_at: None,
+        rate_limit_per_minute: None,
+        daily_token_budget: None,
+    };
+    if let Some(token) = supplied {
+        let key = access.adopt(token, &admin, "bootstrap", &api::now()).await?;
+        tracing::info!(key_id = %key.key_id, "bootstrap admin key installed");
+        return Ok(None);
+    }
+    if access.has_keys().await? {
+        return Ok(None);
+    }
+    let (key, token) = access.issue(&admin, "bootstrap", &api::now()).await?;
+    tracing::info!(key_id = %key.key_id, "no API key existed: created the first admin key");
+    Ok(Some(token))
+}
 
 /// Signs and publishes a checkpoint on a schedule (the first at start-up), for as long as the
 /// ledger is in use. A failure is logged and retried at the next tick.

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use super::{AppState, parse_json_body};
 use crate::{
+    access::Caller,
     error::{ApiError, ErrorBody},
     inference::{Role, Turn},
     routing::{AttemptSummary, ChatRequest, Outcome, RequestFacts, Routed, RoutingError},
@@ -192,7 +193,7 @@ impl From<AttemptSummary> for AttemptView {
 /// before the response is sent. Routing metadata is in the `tiergate` object and in the
 /// `X-Tiergate-*` headers.
 #[utoipa::path(
-    tag = "inference",
+    tag = "inference", security(("api_key" = ["app"])),
     request_body = ChatCompletionRequest,
     responses(
         (status = 200, description = "Answer served", body = ChatCompletionResponse,
@@ -204,17 +205,29 @@ impl From<AttemptSummary> for AttemptView {
             )),
         (status = 202, description = "Answer held for human review (no choice is returned)", body = ChatCompletionResponse),
         (status = 400, description = "Body is not valid JSON", body = ErrorBody),
-        (status = 403, description = "Refused by policy (recorded in the ledger)", body = ErrorBody),
+        (status = 401, description = "No valid API key", body = ErrorBody),
+        (status = 403, description = "Refused by policy (recorded in the ledger), or the key lacks the role or the system in its scopes", body = ErrorBody),
         (status = 404, description = "No active system card with this id", body = ErrorBody),
         (status = 422, description = "A field is missing, of the wrong type or out of range", body = ErrorBody),
+        (status = 429, description = "The key's rate limit or daily token budget is reached (see Retry-After)", body = ErrorBody),
         (status = 503, description = "The ledger cannot record requests: nothing is served", body = ErrorBody),
     )
 )]
 #[post("/v1/chat/completions")]
-pub async fn create_chat_completion(state: web::Data<AppState>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let request: ChatCompletionRequest = parse_json_body(&body)?;
     let model = request.model.clone();
-    let chat = into_domain(request)?;
+    let chat = into_domain(request, &caller)?;
+    if !caller.may_call(&chat.system_id) {
+        tracing::warn!(key_id = %caller.key_id, system = %chat.system_id, "request refused: scope");
+        return Err(ApiError::Forbidden(format!(
+            "model: API key {} may not call system {:?} (its scopes: {})",
+            caller.key_id,
+            chat.system_id,
+            caller.scopes.join(", ")
+        )));
+    }
+    admit(&state, &caller).await?;
     let request_id = current_request_id().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let routed = state.router.handle(&request_id, chat).await.map_err(|error| match error {
         RoutingError::UnknownSystem(id) => ApiError::UnknownSystem(format!("model: no active system card {id:?}")),
@@ -224,10 +237,41 @@ pub async fn create_chat_completion(state: web::Data<AppState>, body: web::Bytes
             ApiError::Unavailable("the ledger cannot record requests right now; nothing was served".into())
         }
     })?;
+    let tokens: u64 = routed.attempts.iter().map(|a| a.prompt_tokens + a.completion_tokens).sum();
+    state.access.record_usage(&caller, tokens, chrono::Utc::now()).await?;
     respond(request_id, model, routed)
 }
 
-fn into_domain(request: ChatCompletionRequest) -> Result<ChatRequest, ApiError> {
+/// The key's rate limit and daily token budget, checked before any model runs.
+async fn admit(state: &AppState, caller: &Caller) -> Result<(), ApiError> {
+    if let Err(retry_after_s) = state.access.take_rate(caller) {
+        tracing::warn!(key_id = %caller.key_id, "request refused: rate limit");
+        return Err(ApiError::TooManyRequests {
+            code: "rate_limited",
+            message: format!(
+                "API key {} is over its rate limit of {} requests per minute; retry in {retry_after_s} s",
+                caller.key_id,
+                caller.rate_limit_per_minute.unwrap_or_default()
+            ),
+            retry_after_s,
+        });
+    }
+    if let Err((retry_after_s, used)) = state.access.check_budget(caller, chrono::Utc::now()).await? {
+        tracing::warn!(key_id = %caller.key_id, used, "request refused: token budget");
+        return Err(ApiError::TooManyRequests {
+            code: "token_budget_exhausted",
+            message: format!(
+                "API key {} has used {used} of its {} tokens for today (UTC); the budget renews in {retry_after_s} s",
+                caller.key_id,
+                caller.daily_token_budget.unwrap_or_default()
+            ),
+            retry_after_s,
+        });
+    }
+    Ok(())
+}
+
+fn into_domain(request: ChatCompletionRequest, caller: &Caller) -> Result<ChatRequest, ApiError> {
     if request.model.trim().is_empty() {
         return Err(ApiError::InvalidRequest("model: must name a system card".into()));
     }
@@ -283,9 +327,10 @@ fn into_domain(request: ChatCompletionRequest) -> Result<ChatRequest, ApiError> 
     }
     let mut metadata = request.metadata.unwrap_or_default();
     let facts = RequestFacts {
-        // Until API keys exist (access control) every caller is anonymous with the app role.
-        caller: "anonymous".into(),
+        caller: caller.subject.clone(),
+        key_id: caller.key_id.clone(),
         role: "app".into(),
+        scopes: caller.scopes.clone(),
         use_case: metadata.remove("use_case"),
         stakes: metadata.remove("stakes"),
         data_class: metadata.remove("data_class"),

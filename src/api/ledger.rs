@@ -14,7 +14,7 @@ use crate::{
 
 /// A freshly signed (and published) checkpoint: a C2SP signed note whose text is a C2SP checkpoint (origin,
 /// tree size, base64 root hash), signed with the ledger's ed25519 key.
-#[utoipa::path(tag = "ledger", responses((status = 200, description = "Signed note", content_type = "text/plain", body = String)))]
+#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, description = "Signed note", content_type = "text/plain", body = String)))]
 #[get("/v1/ledger/checkpoint")]
 pub async fn get_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let ledger = state.router.ledger();
@@ -28,7 +28,7 @@ pub async fn get_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, 
 /// The note verifier keys (`<name>+<key id>+<base64 ed25519 public key>`), one per line: the
 /// current signing key first, then keys retired by rotation (their checkpoints stay
 /// verifiable). All an auditor needs to verify an export offline.
-#[utoipa::path(tag = "ledger", responses((status = 200, description = "Verifier key", content_type = "text/plain", body = String)))]
+#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, description = "Verifier key", content_type = "text/plain", body = String)))]
 #[get("/v1/ledger/public-key")]
 pub async fn get_public_key(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
@@ -38,7 +38,7 @@ pub async fn get_public_key(state: web::Data<AppState>) -> HttpResponse {
 
 /// Get one ledger entry with its inclusion proof against a freshly signed checkpoint.
 #[utoipa::path(
-    tag = "ledger",
+    tag = "ledger", security(("api_key" = ["auditor"])),
     params(("index" = u64, Path, description = "Entry index, from 0")),
     responses((status = 200, body = ProvenEntry), (status = 404, body = ErrorBody))
 )]
@@ -57,7 +57,7 @@ pub async fn get_entry(state: web::Data<AppState>, index: web::Path<u64>) -> Res
 /// Export the whole ledger as JSON Lines: a header with the signed checkpoint, then one line per
 /// entry, `{"entry": <canonical entry>, "leaf_hash": "<leaf recorded when it was written>"}`.
 /// Verify it offline with `tiergate ledger verify <file> --key <key>`.
-#[utoipa::path(tag = "ledger", responses((status = 200, description = "JSON Lines", content_type = "application/x-ndjson", body = String)))]
+#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, description = "JSON Lines", content_type = "application/x-ndjson", body = String)))]
 #[get("/v1/ledger/export")]
 pub async fn export(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let chunks = state.router.ledger().export_stream().await?;
@@ -84,7 +84,7 @@ pub struct VerificationBody {
 
 /// Verify the stored ledger: recompute every leaf from the stored entries and compare with
 /// the stored Merkle tree. Tampering done directly in the database shows up here.
-#[utoipa::path(tag = "ledger", responses((status = 200, body = VerificationBody)))]
+#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, body = VerificationBody)))]
 #[get("/v1/ledger/verify")]
 pub async fn verify(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let body = match state.router.ledger().verify().await? {
@@ -109,7 +109,7 @@ pub struct ConsistencyQuery {
 /// Prove that the log of `to` entries (default: the current log) extends the log of
 /// `from_size` entries: nothing was rewritten in between.
 #[utoipa::path(
-    tag = "ledger",
+    tag = "ledger", security(("api_key" = ["auditor"])),
     params(("from_size" = u64, Path, description = "Size of the earlier tree (from an earlier checkpoint)"), ConsistencyQuery),
     responses((status = 200, body = ConsistencyProof), (status = 404, body = ErrorBody))
 )]
@@ -195,7 +195,7 @@ pub struct LedgerPage {
 
 /// List ledger entries by index range, time range, system, policy version, tier served,
 /// outcome or type.
-#[utoipa::path(tag = "ledger", params(LedgerQuery), responses((status = 200, body = LedgerPage), (status = 422, body = ErrorBody)))]
+#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), params(LedgerQuery), responses((status = 200, body = LedgerPage), (status = 422, body = ErrorBody)))]
 #[get("/v1/ledger/entries")]
 pub async fn list_entries(state: web::Data<AppState>, query: web::Query<LedgerQuery>) -> Result<HttpResponse, ApiError> {
     let filter = query.into_inner().into_filter()?;
@@ -206,7 +206,7 @@ pub async fn list_entries(state: web::Data<AppState>, query: web::Query<LedgerQu
 
 /// The same listing as CSV for spreadsheets (one row per entry, without the entry body; the
 /// leaf hash ties each row to the verifiable log).
-#[utoipa::path(tag = "ledger", params(LedgerQuery), responses((status = 200, description = "CSV", content_type = "text/csv", body = String), (status = 422, body = ErrorBody)))]
+#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), params(LedgerQuery), responses((status = 200, description = "CSV", content_type = "text/csv", body = String), (status = 422, body = ErrorBody)))]
 #[get("/v1/ledger/entries.csv")]
 pub async fn list_entries_csv(state: web::Data<AppState>, query: web::Query<LedgerQuery>) -> Result<HttpResponse, ApiError> {
     let filter = query.into_inner().into_filter()?;
@@ -240,7 +240,7 @@ fn csv_field(value: &str) -> String {
 
 /// The auditor bundle: the export, the public key, and every card and policy version the
 /// entries cite, by digest. Verify with `tiergate ledger verify <bundle> --key <key>`.
-#[utoipa::path(tag = "ledger", responses((status = 200, description = "Audit bundle (JSON)", body = Object)))]
+#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, description = "Audit bundle (JSON)", body = Object)))]
 #[get("/v1/ledger/bundle")]
 pub async fn audit_bundle(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.router.ledger().audit_bundle().await?))
@@ -248,7 +248,7 @@ pub async fn audit_bundle(state: web::Data<AppState>) -> Result<HttpResponse, Ap
 
 /// Checkpoints published so far (on demand and every `checkpoint_interval_s`), newest first:
 /// keep any of them to check later that the log was only appended to.
-#[utoipa::path(tag = "ledger", responses((status = 200, body = Vec<PublishedCheckpoint>)))]
+#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, body = Vec<PublishedCheckpoint>)))]
 #[get("/v1/ledger/checkpoints")]
 pub async fn list_checkpoints(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(state.router.ledger().published_checkpoints(100).await?))

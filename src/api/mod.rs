@@ -1,17 +1,21 @@
 //! HTTP only: routes, request/response types, the OpenAPI document; each handler calls one domain function.
 
+pub mod access;
 pub mod chat;
 pub mod health;
+pub mod keys;
 pub mod ledger;
 pub mod registry;
 
 use std::sync::Arc;
 
 use actix_web::{HttpRequest, HttpResponse, web};
+use access::SecurityAddon;
 use utoipa::OpenApi;
 use utoipa_actix_web::{AppExt, service_config::ServiceConfig};
 
 use crate::{
+    access::Access,
     error::ApiError,
     registry::Registry,
     routing::{Router, SystemLoader},
@@ -25,6 +29,9 @@ pub struct AppState {
     pub store: Store,
     pub registry: Registry,
     pub loader: Arc<SystemLoader>,
+    pub access: Arc<Access>,
+    /// The roles each operation needs, read from this API's OpenAPI document.
+    pub requirements: Arc<access::Requirements>,
 }
 
 #[derive(OpenApi)]
@@ -40,9 +47,11 @@ pub struct AppState {
         (name = "inference", description = "OpenAI-compatible chat completions routed through the tiers"),
         (name = "ledger", description = "The tamper-evident decision ledger: checkpoints, proofs, export"),
         (name = "registry", description = "Versioned model cards, system cards and policy bundles: submit, approve (four-eyes), activate, retire, roll back, export"),
+        (name = "keys", description = "API keys: issue, list, revoke; a key's own roles, limits and usage"),
         (name = "policies", description = "Policy bundles: tests with coverage, dry-run, replay against the ledger, shadow mode"),
         (name = "operations", description = "Health, readiness and the API description"),
-    )
+    ),
+    modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
 
@@ -79,7 +88,13 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(registry::replay_policy)
         .service(registry::attach_shadow)
         .service(registry::detach_shadow)
-        .service(registry::shadow_report_of);
+        .service(registry::shadow_report_of)
+        .service(keys::create_key)
+        .service(keys::list_keys)
+        // Before /v1/keys/{key_id}, which would otherwise match "me".
+        .service(keys::my_key)
+        .service(keys::get_key)
+        .service(keys::revoke_key);
 }
 
 /// The OpenAPI 3.1 document, generated from the code (also served at `/openapi.json`).

@@ -1,7 +1,7 @@
 //! Registry endpoints: submit, list, get and diff card versions; approve, activate, retire, roll
 //! back; CycloneDX and Markdown exports of model cards.
 
-use actix_web::{FromRequest, HttpRequest, HttpResponse, delete, dev::Payload, get, http::header, post, put, web};
+use actix_web::{HttpResponse, delete, get, http::header, post, put, web};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::{IntoParams, ToSchema};
@@ -15,12 +15,7 @@ use crate::{
         diff, markdown,
     },
     store::{AliasHistoryRow, LedgerFilter, StoredArtifactVersion},
-    telemetry::current_request_id,
 };
-
-/// The header naming who performs a change. It stands in for the identity behind an API key
-/// until keys exist; the four-eyes rule compares it with the version's author.
-pub const ACTOR_HEADER: &str = "X-Tiergate-Actor";
 
 /// The collections of the registry, as they appear in paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
@@ -46,23 +41,6 @@ impl CardCollection {
             CardCollection::SystemCards => "system-cards",
             CardCollection::Policies => "policies",
         }
-    }
-}
-
-impl FromRequest for Actor {
-    type Error = ApiError;
-    type Future = std::future::Ready<Result<Actor, ApiError>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let id = req.headers().get(ACTOR_HEADER).map(|value| value.to_str().map(str::trim));
-        std::future::ready(match id {
-            None => Err(ApiError::Unauthenticated(format!("{ACTOR_HEADER}: missing; changes to the registry must name who makes them"))),
-            Some(Err(_)) => Err(ApiError::Unauthenticated(format!("{ACTOR_HEADER}: not valid text"))),
-            Some(Ok(id)) if id.is_empty() || id.len() > 200 => {
-                Err(ApiError::Unauthenticated(format!("{ACTOR_HEADER}: must be 1 to 200 characters")))
-            }
-            Some(Ok(id)) => Ok(Actor { id: id.to_owned(), request_id: current_request_id().unwrap_or_default() }),
-        })
     }
 }
 
@@ -141,10 +119,9 @@ pub struct SubmissionBody {
 /// line and column when it does not compile) and tested (`test_*` rules of `*_test.rego`
 /// modules). Identical content returns the existing version (200) and creates nothing.
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["author"])),
     params(
         ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
-        ("X-Tiergate-Actor" = String, Header, description = "Who submits: recorded as the author"),
     ),
     request_body(content = String, content_type = "application/yaml", description = "A card (YAML or JSON) or a policy bundle (JSON)"),
     responses(
@@ -206,7 +183,7 @@ pub struct ArtifactList {
 
 /// List the cards of a collection with their latest and active versions.
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(("collection" = CardCollection, Path, description = "model-cards, system-cards or policies")),
     responses((status = 200, body = ArtifactList))
 )]
@@ -251,7 +228,7 @@ pub struct VersionList {
 
 /// List every version of one card, and the history of its activations.
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
         ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
         ("id" = String, Path, description = "Card id"),
@@ -283,7 +260,7 @@ async fn find(state: &AppState, collection: CardCollection, id: &str, version: i
 
 /// Get one version: original text, canonical JSON, digest, status, author and timestamps.
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
         ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
         ("id" = String, Path, description = "Card id"),
@@ -322,7 +299,7 @@ pub struct DiffBody {
 
 /// The differences between two versions of a card.
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
         ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
         ("id" = String, Path, description = "Card id"),
@@ -350,12 +327,11 @@ pub async fn diff_versions(
 
 /// Approve a draft version. The approver must not be its author (four-eyes).
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["approver"])),
     params(
         ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
-        ("X-Tiergate-Actor" = String, Header, description = "Who approves; not the author"),
     ),
     responses(
         (status = 200, description = "Approved; recorded in the ledger", body = GovernanceRecord),
@@ -381,12 +357,11 @@ pub async fn approve_version(
 /// pins must be approved, and the new version is loaded before it replaces the one serving, so
 /// a version that cannot be served is refused and the old one keeps serving.
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["approver"])),
     params(
         ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
-        ("X-Tiergate-Actor" = String, Header, description = "Who activates; not the author"),
     ),
     responses(
         (status = 200, description = "Active; recorded in the ledger", body = GovernanceRecord),
@@ -420,11 +395,10 @@ pub struct RollbackRequest {
 /// Roll back: point `active` at an earlier approved version. Nothing is rewritten; the
 /// rollback is a new alias move and a new ledger entry, and every version stays retrievable.
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["approver"])),
     params(
         ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
         ("id" = String, Path, description = "Card id"),
-        ("X-Tiergate-Actor" = String, Header, description = "Who rolls back; not the target version's author"),
     ),
     request_body(content = Option<RollbackRequest>, description = "Optional; empty body = previous active version"),
     responses(
@@ -485,12 +459,11 @@ async fn make_active(
 
 /// Retire a version that is not active. It stays retrievable; it can no longer be activated.
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["approver"])),
     params(
         ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
-        ("X-Tiergate-Actor" = String, Header, description = "Who retires it"),
     ),
     responses(
         (status = 200, description = "Retired; recorded in the ledger", body = GovernanceRecord),
@@ -514,7 +487,7 @@ pub async fn retire_version(
 /// A model card version as a CycloneDX 1.6 ML-BOM (one `machine-learning-model` component
 /// with its `modelCard`, weights hash, licence and provenance).
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(("id" = String, Path, description = "Model card id"), ("version" = i64, Path, description = "Version number")),
     responses(
         (status = 200, description = "CycloneDX JSON", content_type = "application/vnd.cyclonedx+json", body = Object),
@@ -534,7 +507,7 @@ pub async fn model_card_cyclonedx(state: web::Data<AppState>, path: web::Path<(S
 
 /// A model card version as a readable Markdown model card.
 #[utoipa::path(
-    tag = "registry",
+    tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(("id" = String, Path, description = "Model card id"), ("version" = i64, Path, description = "Version number")),
     responses(
         (status = 200, description = "Markdown", content_type = "text/markdown", body = String),
@@ -551,7 +524,7 @@ pub async fn model_card_markdown(state: web::Data<AppState>, path: web::Path<(St
 
 /// Run a policy bundle version's tests: each `test_*` rule's outcome and line coverage per module.
 #[utoipa::path(
-    tag = "policies",
+    tag = "policies", security(("api_key" = ["auditor", "author", "approver"])),
     params(("id" = String, Path, description = "Policy bundle id"), ("version" = i64, Path, description = "Version number")),
     responses((status = 200, body = TestReport), (status = 404, body = ErrorBody))
 )]
@@ -586,7 +559,7 @@ pub struct DryRunRequest {
 /// exactly as the gateway would act on it (a failing policy's fail-closed deny included),
 /// its reasons and the evaluation time. Nothing is recorded.
 #[utoipa::path(
-    tag = "policies",
+    tag = "policies", security(("api_key" = ["author", "approver", "auditor"])),
     params(("id" = String, Path, description = "Policy bundle id"), ("version" = i64, Path, description = "Version number")),
     request_body = DryRunRequest,
     responses((status = 200, body = GateDecision), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
@@ -692,7 +665,7 @@ fn rfc3339(name: &str, value: Option<String>) -> Result<Option<String>, ApiError
 /// containment rates, estimated cost (model card prices × recorded tokens; a tier the request
 /// never reached is estimated from its recorded tokens) and counts by outcome and reason.
 #[utoipa::path(
-    tag = "policies",
+    tag = "policies", security(("api_key" = ["author", "approver", "auditor"])),
     params(("id" = String, Path, description = "Policy bundle id"), ("version" = i64, Path, description = "Version number")),
     request_body(content = Option<ReplayRequest>, description = "The range; empty = the whole ledger (up to max_requests)"),
     responses((status = 200, body = ReplayReport), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
@@ -734,8 +707,8 @@ pub struct ShadowRequest {
 /// request it is evaluated beside the system's own policy and its decisions are recorded in
 /// the ledger entry (`shadow`), never acted on. Replaces any earlier shadow.
 #[utoipa::path(
-    tag = "policies",
-    params(("id" = String, Path, description = "System card id"), ("X-Tiergate-Actor" = String, Header, description = "Who attaches it")),
+    tag = "policies", security(("api_key" = ["approver"])),
+    params(("id" = String, Path, description = "System card id")),
     request_body = ShadowRequest,
     responses((status = 200, body = GovernanceRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody))
 )]
@@ -757,8 +730,8 @@ pub async fn attach_shadow(state: web::Data<AppState>, id: web::Path<String>, ac
 
 /// Detach the shadow policy of a system.
 #[utoipa::path(
-    tag = "policies",
-    params(("id" = String, Path, description = "System card id"), ("X-Tiergate-Actor" = String, Header, description = "Who detaches it")),
+    tag = "policies", security(("api_key" = ["approver"])),
+    params(("id" = String, Path, description = "System card id")),
     responses((status = 200, body = GovernanceRecord), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody))
 )]
 #[delete("/v1/registry/system-cards/{id}/shadow")]
@@ -783,7 +756,7 @@ pub struct ShadowBody {
 /// The shadow report of a system: how the shadow's recorded decisions compare with the active
 /// policy's on live traffic since it was attached.
 #[utoipa::path(
-    tag = "policies",
+    tag = "policies", security(("api_key" = ["auditor", "author", "approver"])),
     params(("id" = String, Path, description = "System card id")),
     responses((status = 200, body = ShadowBody), (status = 404, body = ErrorBody))
 )]

@@ -20,10 +20,13 @@ pub const APPROVED: &str = "approved";
 pub const ACTIVE: &str = "active";
 pub const RETIRED: &str = "retired";
 
-/// Who performs a governance action, and the request that carried it.
+/// Who performs a governance action (the subject of the API key used), and the request that
+/// carried it.
 #[derive(Debug, Clone)]
 pub struct Actor {
     pub id: String,
+    pub key_id: String,
+    pub roles: Vec<String>,
     pub request_id: String,
 }
 
@@ -519,7 +522,7 @@ fn governance_entry(
     let mut body = json!({
         "event": event,
         "artifact": {"kind": kind.as_str(), "id": reference.id, "version": reference.version, "digest": digest},
-        "actor": {"id": actor.id},
+        "actor": {"id": actor.id, "key_id": actor.key_id, "roles": actor.roles},
         "status": status,
     });
     if let Some(active) = active {

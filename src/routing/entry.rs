@@ -41,7 +41,10 @@ impl EntryBuilder {
             request_part["messages"] = messages;
         }
         let mut body = serde_json::Map::new();
-        body.insert("caller".into(), json!(request.facts.caller));
+        body.insert(
+            "caller".into(),
+            json!({"id": request.facts.caller, "key_id": request.facts.key_id, "role": request.facts.role}),
+        );
         body.insert(
             "system".into(),
             json!({"id": system.reference.id, "version": system.reference.version, "digest": system.digest}),

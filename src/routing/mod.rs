@@ -26,8 +26,13 @@ use crate::{
 /// Facts about the caller and the request that policies may use.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RequestFacts {
+    /// The subject of the API key that made the request.
     pub caller: String,
+    /// The key's public id (never its secret).
+    pub key_id: String,
     pub role: String,
+    /// The systems the key may call (`*` = all).
+    pub scopes: Vec<String>,
     pub use_case: Option<String>,
     pub stakes: Option<String>,
     pub data_class: Option<String>,
@@ -349,7 +354,9 @@ fn request_facts_input(request: &ChatRequest) -> Value {
     let prompt_chars: usize = request.turns.iter().map(|t| t.content.chars().count()).sum();
     json!({
         "caller": request.facts.caller,
+        "key_id": request.facts.key_id,
         "role": request.facts.role,
+        "scopes": request.facts.scopes,
         "use_case": request.facts.use_case.clone().unwrap_or_else(|| "general".into()),
         "stakes": request.facts.stakes.clone().unwrap_or_else(|| "normal".into()),
         "data_class": request.facts.data_class,

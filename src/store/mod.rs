@@ -1,9 +1,11 @@
 //! The database: sqlx Any pool (SQLite default, PostgreSQL), migrations, and every query.
 
 mod artifacts;
+mod keys;
 mod ledger;
 
 pub use artifacts::{AliasHistoryRow, AliasMove, NewArtifactVersion, ShadowRow, StoredArtifactVersion};
+pub use keys::KeyRow;
 pub use ledger::{LedgerFilter, LedgerRow};
 
 use std::str::FromStr;

@@ -1,14 +1,26 @@
 //! Starting a test app on its own data directory, and reading what it wrote.
 
-use std::path::{Path, PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use tiergate::{config::Settings, startup::Application, store::Store, telemetry};
+use tokio::sync::Mutex;
 
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
     pub settings: Settings,
+    /// The bootstrap admin key (installed from the settings, as an automated deployment would).
+    pub admin_token: String,
+    /// An `app` key for every system: what `chat` and `post_raw` send.
+    pub app_token: String,
+    /// An `auditor` key: what `get` sends.
+    pub auditor_token: String,
+    /// Keys of people by subject (author + approver + auditor), issued on first use.
+    people: Mutex<HashMap<String, String>>,
 }
 
 fn repo(path: &str) -> PathBuf {
@@ -19,11 +31,13 @@ fn repo(path: &str) -> PathBuf {
 /// cards plus the test fixtures, and the shared model cache (the first run fetches the model).
 pub fn test_settings() -> Settings {
     let data_dir = std::env::temp_dir().join(format!("tiergate-test-{}", uuid::Uuid::new_v4()));
+    let id = uuid::Uuid::new_v4().simple().to_string();
     Settings {
         bind: "127.0.0.1:0".into(),
         data_dir,
         cards_dirs: vec![repo("model-cards"), repo("tests/fixtures/cards")],
         policies_dir: repo("policies"),
+        bootstrap_admin_key: Some(format!("tg_{}.{}", &id[..16], uuid::Uuid::new_v4().simple())),
         ..Settings::default()
     }
 }
@@ -39,13 +53,51 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     let app = Application::build(settings.clone()).await.expect("the application builds");
     let address = format!("http://{}", app.address());
     tokio::spawn(app.run_until_stopped());
-    TestApp { address, client: reqwest::Client::new(), settings }
+    let admin_token = settings.bootstrap_admin_key.clone().expect("test settings carry an admin key");
+    let mut app = TestApp {
+        address,
+        client: reqwest::Client::new(),
+        settings,
+        admin_token,
+        app_token: String::new(),
+        auditor_token: String::new(),
+        people: Mutex::new(HashMap::new()),
+    };
+    app.app_token = app.issue_key(json!({"subject": "test-app", "roles": ["app"]})).await;
+    app.auditor_token = app.issue_key(json!({"subject": "test-auditor", "roles": ["auditor"]})).await;
+    app
 }
 
 impl TestApp {
+    /// Issues a key with the admin key and returns its token.
+    pub async fn issue_key(&self, request: Value) -> String {
+        let response = self
+            .client
+            .post(format!("{}/v1/keys", self.address))
+            .bearer_auth(&self.admin_token)
+            .json(&request)
+            .send()
+            .await
+            .expect("request is sent");
+        assert_eq!(response.status(), 201, "issuing {request}");
+        let body: Value = response.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// The key of a person (author, approver and auditor), issued on first use.
+    pub async fn token(&self, subject: &str) -> String {
+        if let Some(token) = self.people.lock().await.get(subject) {
+            return token.clone();
+        }
+        let token = self.issue_key(json!({"subject": subject, "roles": ["author", "approver", "auditor"]})).await;
+        self.people.lock().await.insert(subject.to_owned(), token.clone());
+        token
+    }
+
     pub async fn chat(&self, body: Value) -> reqwest::Response {
         self.client
             .post(format!("{}/v1/chat/completions", self.address))
+            .bearer_auth(&self.app_token)
             .json(&body)
             .send()
             .await
@@ -55,6 +107,7 @@ impl TestApp {
     pub async fn post_raw(&self, path: &str, body: &'static str) -> reqwest::Response {
         self.client
             .post(format!("{}{path}", self.address))
+            .bearer_auth(&self.app_token)
             .header("content-type", "application/json")
             .body(body)
             .send()
@@ -62,11 +115,12 @@ impl TestApp {
             .expect("request is sent")
     }
 
-    /// A POST made by `actor` (the `X-Tiergate-Actor` header), with a text body.
+    /// A POST made by the person `actor` (with their key), with a text body.
     pub async fn post_as(&self, actor: &str, path: &str, content_type: &str, body: String) -> reqwest::Response {
+        let token = self.token(actor).await;
         self.client
             .post(format!("{}{path}", self.address))
-            .header("x-tiergate-actor", actor)
+            .bearer_auth(token)
             .header("content-type", content_type)
             .body(body)
             .send()
@@ -85,8 +139,13 @@ impl TestApp {
             .await
     }
 
+    /// A GET with the auditor key.
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.client.get(format!("{}{path}", self.address)).send().await.expect("request is sent")
+        self.get_with(&self.auditor_token, path).await
+    }
+
+    pub async fn get_with(&self, token: &str, path: &str) -> reqwest::Response {
+        self.client.get(format!("{}{path}", self.address)).bearer_auth(token).send().await.expect("request is sent")
     }
 
     /// A separate connection to the app's database, as an auditor or operator would open it.

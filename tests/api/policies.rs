@@ -179,7 +179,7 @@ async fn a_shadow_policy_is_recorded_beside_the_active_one_but_never_acted_on() 
     let attached = app
         .client
         .put(format!("{}/v1/registry/system-cards/always-small/shadow", app.address))
-        .header("x-tiergate-actor", "bob")
+        .bearer_auth(app.token("bob").await)
         .json(&json!({"policy": "second-opinion@1"}))
         .send()
         .await
@@ -208,7 +208,7 @@ async fn a_shadow_policy_is_recorded_beside_the_active_one_but_never_acted_on() 
     let detached = app
         .client
         .delete(format!("{}/v1/registry/system-cards/always-small/shadow", app.address))
-        .header("x-tiergate-actor", "bob")
+        .bearer_auth(app.token("bob").await)
         .send()
         .await
         .unwrap();

@@ -284,8 +284,9 @@ async fn versions_are_immutable_through_the_api_and_in_the_database() {
     let before = json_of(app.get("/v1/registry/model-cards/smollm2-135m-instruct/versions/1").await).await;
     let path = format!("{}/v1/registry/model-cards/smollm2-135m-instruct/versions/1", app.address);
 
+    let token = app.token("mallory").await;
     for method in [reqwest::Method::PUT, reqwest::Method::PATCH, reqwest::Method::DELETE] {
-        let response = app.client.request(method.clone(), &path).header("x-tiergate-actor", "mallory").body("{}").send().await.unwrap();
+        let response = app.client.request(method.clone(), &path).bearer_auth(&token).body("{}").send().await.unwrap();
         assert!(response.status().is_client_error(), "{method} answered {}", response.status());
     }
     let store = app.store().await;
@@ -298,7 +299,7 @@ async fn versions_are_immutable_through_the_api_and_in_the_database() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn changes_need_a_named_actor_and_unknown_things_are_404() {
+async fn changes_need_a_key_and_unknown_things_are_404() {
     let app = spawn_app().await;
 
     let anonymous = app.client.post(format!("{}/v1/registry/model-cards", app.address)).body(model_card("anon")).send().await.unwrap();
@@ -356,4 +357,34 @@ async fn a_model_card_exports_as_a_valid_cyclonedx_ml_bom_and_as_markdown() {
         assert!(markdown.contains(expected), "{expected:?} missing:\n{markdown}");
     }
     assert_eq!(app.get("/v1/registry/model-cards/nope/versions/1/cyclonedx").await.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cards_validate_works_offline_with_the_apis_messages_and_fails_on_any_error() {
+    let app = spawn_app().await;
+    let dir = std::env::temp_dir().join(format!("tiergate-cards-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let broken = model_card("broken").replace("risk_tier: low", "risk_tier: catastrophic").replace("context_length: 8192", "context_length: lots");
+    std::fs::write(dir.join("good.yaml"), model_card("good")).unwrap();
+    std::fs::write(dir.join("broken.yaml"), &broken).unwrap();
+    let validate = |files: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"))
+            .args(["cards", "validate"])
+            .args(files.iter().map(|f| dir.join(f)))
+            .output()
+            .unwrap()
+    };
+
+    let good = validate(&["good.yaml"]);
+    let mixed = validate(&["good.yaml", "broken.yaml"]);
+
+    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stdout));
+    assert!(!mixed.status.success());
+    let printed = String::from_utf8_lossy(&mixed.stdout).into_owned();
+    assert!(printed.contains("good.yaml: ok"), "{printed}");
+    let api = json_of(app.submit("alice", "model-cards", &broken).await).await;
+    for violation in api["error"]["violations"].as_array().unwrap() {
+        let line = format!("at {}: {} (rule {})", violation["instance_path"].as_str().unwrap(), violation["message"].as_str().unwrap(), violation["schema_path"].as_str().unwrap());
+        assert!(printed.contains(&line), "{line:?} missing from:\n{printed}");
+    }
 }

@@ -61,11 +61,20 @@ async fn serve_on_port_zero_prints_the_bound_address_and_takes_settings_from_the
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // The first start has no API key: it prints the first admin key once, then the address.
+    let mut printed = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    while stdout.read_line(&mut line).unwrap() > 0 && !line.starts_with("tiergate listening on ") {
+        printed.push_str(&line);
+        line.clear();
+    }
 
     let address = line.trim().strip_prefix("tiergate listening on ").unwrap_or_default().to_owned();
+    let admin_key = printed.split_whitespace().find(|word| word.starts_with("tg_")).unwrap_or_default().to_owned();
     let health = reqwest::get(format!("{address}/healthz")).await.map(|r| r.status().as_u16());
+    let client = reqwest::Client::new();
+    let me: serde_json::Value = client.get(format!("{address}/v1/keys/me")).bearer_auth(&admin_key).send().await.unwrap().json().await.unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
 
@@ -73,4 +82,5 @@ async fn serve_on_port_zero_prints_the_bound_address_and_takes_settings_from_the
     assert!(!address.ends_with(":0"), "{line:?}");
     assert_eq!(health.unwrap(), 200);
     assert!(data_dir.join("tiergate.db").is_file(), "the database goes in TIERGATE_DATA_DIR");
+    assert_eq!(me["roles"], serde_json::json!(["admin"]), "the printed key is an admin key: {printed}");
 }
