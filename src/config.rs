@@ -36,6 +36,16 @@ pub struct Settings {
     pub bootstrap_admin_key: Option<String>,
     /// Inference requests per minute per API key, unless the key sets its own (none = no limit).
     pub rate_limit_per_minute: Option<u32>,
+    /// Generations one tier runs at once.
+    pub tier_concurrency: usize,
+    /// Requests that may wait for a tier; beyond that the request gets 429 (backpressure).
+    pub tier_queue_depth: usize,
+    /// Consecutive failures of a tier that open its circuit breaker.
+    pub breaker_failures: u32,
+    /// Seconds an open circuit stays open before a trial request.
+    pub breaker_open_s: u64,
+    /// Time limit of a remote tier call when the system card sets no SLA.
+    pub remote_timeout_ms: u64,
 }
 
 impl Default for Settings {
@@ -54,6 +64,11 @@ impl Default for Settings {
             checkpoint_interval_s: 60,
             bootstrap_admin_key: None,
             rate_limit_per_minute: None,
+            tier_concurrency: 2,
+            tier_queue_depth: 64,
+            breaker_failures: 3,
+            breaker_open_s: 30,
+            remote_timeout_ms: 30_000,
         }
     }
 }

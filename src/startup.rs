@@ -14,7 +14,7 @@ use crate::{
     config::Settings,
     ledger::{CheckpointSigner, Ledger},
     registry::{ArtifactRef, Registry, seed_shipped},
-    routing::{LoaderSettings, Router, SystemLoader},
+    routing::{GuardLimits, LoaderSettings, Router, SystemLoader},
     store::Store,
     telemetry::request_id_middleware,
 };
@@ -44,6 +44,13 @@ impl Application {
                 model_cache_dir: settings.model_cache_dir.clone(),
                 python: settings.python.clone(),
                 policy_eval_timeout: Duration::from_millis(settings.policy_eval_timeout_ms),
+                guard: GuardLimits {
+                    concurrency: settings.tier_concurrency,
+                    queue_depth: settings.tier_queue_depth,
+                    breaker_failures: settings.breaker_failures,
+                    breaker_open: Duration::from_secs(settings.breaker_open_s),
+                },
+                remote_timeout: Duration::from_millis(settings.remote_timeout_ms),
             },
         ));
         let systems = loader.load_active().await?;

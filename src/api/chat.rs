@@ -38,9 +38,17 @@ pub struct ChatCompletionRequest {
     /// Sampling temperature (0 = greedy); default: the tier's decoding profile.
     #[serde(default)]
     pub temperature: Option<f64>,
-    /// Streaming is not supported yet; `true` is refused with 422.
+    /// Server-sent events in the OpenAI chunk format. The whole pipeline (every gate) runs
+    /// first, so nothing unaccepted is ever released; the accepted answer is then streamed,
+    /// after its ledger entry is committed. An answer held for review is the 202 JSON body.
     #[serde(default)]
     pub stream: Option<bool>,
+    /// With `stream`: `include_usage` adds a last chunk with the token usage.
+    #[serde(default)]
+    pub stream_options: Option<StreamOptions>,
+    /// Return the served answer's token log-probabilities (`choices[0].logprobs.content`).
+    #[serde(default)]
+    pub logprobs: Option<bool>,
     /// Number of choices; only 1 is supported.
     #[serde(default)]
     pub n: Option<u32>,
@@ -51,6 +59,12 @@ pub struct ChatCompletionRequest {
     /// `data_class`; other keys are passed to the policy as `input.request.metadata`.
     #[serde(default)]
     pub metadata: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct StreamOptions {
+    #[serde(default)]
+    pub include_usage: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -107,6 +121,28 @@ pub struct Choice {
     pub message: AssistantMessage,
     /// `stop` or `length`.
     pub finish_reason: String,
+    /// With `"logprobs": true`: each generated token and its log-probability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<ChoiceLogprobs>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChoiceLogprobs {
+    pub content: Vec<TokenLogprob>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    /// Alternatives are not reported: always empty.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -148,6 +184,12 @@ pub struct RoutingMetadata {
     pub reasons: Vec<String>,
     /// Index of this request's entry in the ledger.
     pub ledger_index: u64,
+    /// Time spent in the tiers' models, summed over attempts.
+    pub model_ms: f64,
+    /// The gateway's own time: end to end minus model time (parsing, policy, ledger commit).
+    pub overhead_ms: f64,
+    /// Cost of every attempt from the model cards' prices and the real token counts.
+    pub cost: f64,
     pub attempts: Vec<AttemptView>,
 }
 
@@ -166,6 +208,8 @@ pub struct AttemptView {
     pub decision: String,
     pub reasons: Vec<String>,
     pub latency_ms: f64,
+    /// From the model card's prices and the real token counts.
+    pub cost: Option<f64>,
 }
 
 impl From<AttemptSummary> for AttemptView {
@@ -182,6 +226,7 @@ impl From<AttemptSummary> for AttemptView {
             decision: a.decision,
             reasons: a.reasons,
             latency_ms: (a.latency_ms * 1000.0).round() / 1000.0,
+            cost: a.cost,
         }
     }
 }
@@ -215,8 +260,14 @@ impl From<AttemptSummary> for AttemptView {
 )]
 #[post("/v1/chat/completions")]
 pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let started = std::time::Instant::now();
     let request: ChatCompletionRequest = parse_json_body(&body)?;
     let model = request.model.clone();
+    let options = ResponseOptions {
+        stream: request.stream == Some(true),
+        include_usage: request.stream_options.as_ref().and_then(|o| o.include_usage) == Some(true),
+        logprobs: request.logprobs == Some(true),
+    };
     let chat = into_domain(request, &caller)?;
     if !caller.may_call(&chat.system_id) {
         tracing::warn!(key_id = %caller.key_id, system = %chat.system_id, "request refused: scope");
@@ -236,10 +287,22 @@ pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, 
             tracing::error!(error = ?cause, "ledger append failed: refusing to serve");
             ApiError::Unavailable("the ledger cannot record requests right now; nothing was served".into())
         }
+        overloaded @ RoutingError::Overloaded { .. } => {
+            tracing::warn!(error = %overloaded, "request refused: tier at capacity");
+            ApiError::TooManyRequests { code: "overloaded", message: format!("{overloaded}; retry shortly"), retry_after_s: 1 }
+        }
     })?;
     let tokens: u64 = routed.attempts.iter().map(|a| a.prompt_tokens + a.completion_tokens).sum();
     state.access.record_usage(&caller, tokens, chrono::Utc::now()).await?;
-    respond(request_id, model, routed)
+    respond(request_id, model, routed, options, started)
+}
+
+/// How the caller wants the answer delivered.
+#[derive(Debug, Clone, Copy)]
+struct ResponseOptions {
+    stream: bool,
+    include_usage: bool,
+    logprobs: bool,
 }
 
 /// The key's rate limit and daily token budget, checked before any model runs.
@@ -277,9 +340,6 @@ fn into_domain(request: ChatCompletionRequest, caller: &Caller) -> Result<ChatRe
     }
     if request.messages.is_empty() {
         return Err(ApiError::InvalidRequest("messages: must contain at least one message".into()));
-    }
-    if request.stream == Some(true) {
-        return Err(ApiError::InvalidRequest("stream: streaming is not supported yet; send \"stream\": false".into()));
     }
     if request.n.is_some_and(|n| n != 1) {
         return Err(ApiError::InvalidRequest("n: only one choice (n = 1) is supported".into()));
@@ -344,7 +404,13 @@ fn into_domain(request: ChatCompletionRequest, caller: &Caller) -> Result<ChatRe
     Ok(ChatRequest { system_id: request.model, turns, max_tokens, temperature: request.temperature, facts })
 }
 
-fn respond(request_id: String, model: String, routed: Routed) -> Result<HttpResponse, ApiError> {
+fn respond(
+    request_id: String,
+    model: String,
+    routed: Routed,
+    options: ResponseOptions,
+    started: std::time::Instant,
+) -> Result<HttpResponse, ApiError> {
     if routed.outcome == Outcome::Denied {
         return Err(ApiError::PolicyDenied {
             message: format!("refused by policy {}: {}", routed.policy, routed.reasons.join("; ")),
@@ -360,9 +426,20 @@ fn respond(request_id: String, model: String, routed: Routed) -> Result<HttpResp
             index: 0,
             message: AssistantMessage { role: "assistant".into(), content: answer.text.clone() },
             finish_reason: answer.finish_reason.clone(),
+            logprobs: options.logprobs.then(|| ChoiceLogprobs {
+                content: answer
+                    .token_logprobs
+                    .iter()
+                    .map(|(token, logprob)| TokenLogprob { token: token.clone(), logprob: *logprob, top_logprobs: Vec::new() })
+                    .collect(),
+            }),
         })
         .into_iter()
         .collect();
+    let model_ms: f64 = routed.attempts.iter().map(|a| a.latency_ms).sum();
+    let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let overhead_ms = ((elapsed_ms - model_ms).max(0.0) * 1000.0).round() / 1000.0;
+    let cost = routed.attempts.iter().filter_map(|a| a.cost).sum();
     let status = match routed.outcome {
         Outcome::Served => StatusCode::OK,
         _ => StatusCode::ACCEPTED,
@@ -384,6 +461,9 @@ fn respond(request_id: String, model: String, routed: Routed) -> Result<HttpResp
             escalated: routed.escalated,
             reasons: routed.reasons,
             ledger_index: routed.ledger_index,
+            model_ms: (model_ms * 1000.0).round() / 1000.0,
+            overhead_ms,
+            cost,
             attempts: routed.attempts.into_iter().map(AttemptView::from).collect(),
         },
     };
@@ -391,9 +471,77 @@ fn respond(request_id: String, model: String, routed: Routed) -> Result<HttpResp
     response
         .insert_header(("X-Tiergate-Outcome", body.tiergate.outcome.clone()))
         .insert_header(("X-Tiergate-Escalated", body.tiergate.escalated.to_string()))
-        .insert_header(("X-Tiergate-Ledger-Index", body.tiergate.ledger_index.to_string()));
+        .insert_header(("X-Tiergate-Ledger-Index", body.tiergate.ledger_index.to_string()))
+        .insert_header(("X-Tiergate-Overhead-Ms", format!("{:.3}", body.tiergate.overhead_ms)))
+        .insert_header(("X-Tiergate-Cost", format!("{}", body.tiergate.cost)));
     if let Some(tier) = body.tiergate.tier_served {
         response.insert_header(("X-Tiergate-Tier", tier.to_string()));
     }
+    if options.stream && status == StatusCode::OK {
+        let events = stream_events(&body, options.include_usage).map_err(anyhow::Error::from)?;
+        let chunks = futures::stream::iter(events.into_iter().map(|event| Ok::<_, actix_web::Error>(web::Bytes::from(event))));
+        return Ok(response.content_type("text/event-stream").insert_header(("Cache-Control", "no-cache")).streaming(chunks));
+    }
     Ok(response.json(body))
+}
+
+/// The served answer as server-sent events in the OpenAI `chat.completion.chunk` format: the
+/// role, the text in word-sized pieces (their concatenation is exactly the answer), a final
+/// chunk with the finish reason and tiergate's routing metadata, usage if asked, `[DONE]`.
+/// The ledger entry is committed before the first event is produced.
+fn stream_events(body: &ChatCompletionResponse, include_usage: bool) -> serde_json::Result<Vec<String>> {
+    let Some(choice) = body.choices.first() else { return Ok(vec!["data: [DONE]\n\n".into()]) };
+    let chunk = |delta: serde_json::Value, finish_reason: Option<&str>| {
+        serde_json::json!({
+            "id": body.id, "object": "chat.completion.chunk", "created": body.created, "model": body.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        })
+    };
+    let mut events = vec![chunk(serde_json::json!({"role": "assistant", "content": ""}), None)];
+    for piece in word_pieces(&choice.message.content) {
+        events.push(chunk(serde_json::json!({"content": piece}), None));
+    }
+    let mut last = chunk(serde_json::json!({}), Some(&choice.finish_reason));
+    last["tiergate"] = serde_json::to_value(&body.tiergate)?;
+    events.push(last);
+    if include_usage {
+        events.push(serde_json::json!({
+            "id": body.id, "object": "chat.completion.chunk", "created": body.created, "model": body.model,
+            "choices": [], "usage": body.usage,
+        }));
+    }
+    let mut lines: Vec<String> = events.iter().map(|e| Ok(format!("data: {}\n\n", serde_json::to_string(e)?))).collect::<serde_json::Result<_>>()?;
+    lines.push("data: [DONE]\n\n".into());
+    Ok(lines)
+}
+
+/// Splits text after each run of whitespace, so that the pieces concatenate to the text.
+fn word_pieces(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut previous_was_space = false;
+    for (i, c) in text.char_indices() {
+        if previous_was_space && !c.is_whitespace() {
+            pieces.push(&text[start..i]);
+            start = i;
+        }
+        previous_was_space = c.is_whitespace();
+    }
+    if start < text.len() {
+        pieces.push(&text[start..]);
+    }
+    pieces
+}
+
+#[cfg(test)]
+mod tests {
+    use super::word_pieces;
+
+    #[test]
+    fn word_pieces_concatenate_to_the_text() {
+        for text in ["", "one", "Hello, world!  How are\nyou? ", " leading"] {
+            assert_eq!(word_pieces(text).concat(), text);
+        }
+        assert_eq!(word_pieces("a b  c"), vec!["a ", "b  ", "c"]);
+    }
 }

@@ -20,6 +20,17 @@ pub struct Checks {
     /// Active systems with loaded models and compiled policies.
     systems: Vec<String>,
     ledger_entries: Option<i64>,
+    /// Every tier (`system/tier`): its circuit breaker and queue. An open circuit means the
+    /// tier failed repeatedly and is skipped (the policy decides what happens instead).
+    tiers: std::collections::BTreeMap<String, TierHealth>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct TierHealth {
+    /// `closed`, `open` or `half_open`.
+    circuit: String,
+    /// Requests waiting for the tier.
+    queued: usize,
 }
 
 /// Liveness: the process is up and answering.
@@ -40,10 +51,19 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     };
     let ledger_entries = state.store.ledger_count().await.ok();
     let systems = state.router.system_ids();
+    let tiers = state
+        .router
+        .tier_health()
+        .into_iter()
+        .map(|(tier, (circuit, queued))| {
+            let circuit = serde_json::to_value(circuit).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+            (tier, TierHealth { circuit, queued })
+        })
+        .collect();
     let ready = database == "ok" && !systems.is_empty();
     let body = Health {
         status: if ready { "ready" } else { "not_ready" }.into(),
-        checks: Some(Checks { database, systems, ledger_entries }),
+        checks: Some(Checks { database, systems, ledger_entries, tiers }),
     };
     if ready {
         HttpResponse::Ok().json(body)

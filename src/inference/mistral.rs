@@ -67,15 +67,16 @@ impl MistralRuntime {
             .await
             .map_err(|e| anyhow::anyhow!("mistral.rs generation failed: {e}"))?;
         let choice = response.choices.into_iter().next().context("mistral.rs returned no choice")?;
-        let token_logprobs = choice
+        let (token_texts, token_logprobs) = choice
             .logprobs
             .and_then(|l| l.content)
-            .map(|tokens| tokens.iter().map(|t| t.logprob).collect())
+            .map(|tokens| tokens.into_iter().map(|t| (t.token, t.logprob)).unzip())
             .unwrap_or_default();
         Ok(Generation {
             text: choice.message.content.unwrap_or_default(),
             finish_reason: choice.finish_reason,
             token_logprobs,
+            token_texts,
             prompt_tokens: response.usage.prompt_tokens as u64,
             completion_tokens: response.usage.completion_tokens as u64,
         })

@@ -1,9 +1,12 @@
-//! Tier runtimes: in-process mistral.rs on verified GGUF weights; generation with logprob confidence signals.
+//! Tier runtimes: in-process mistral.rs on verified GGUF weights, or a remote OpenAI-compatible
+//! endpoint; generation with logprob confidence signals.
 
 mod mistral;
+mod remote;
 mod weights;
 
 pub use mistral::MistralRuntime;
+pub use remote::RemoteRuntime;
 pub use weights::{WeightsError, ensure_weights, sha256_file};
 
 use serde::Serialize;
@@ -31,12 +34,37 @@ pub struct DecodingProfile {
     pub system_prompt: Option<String>,
 }
 
+/// A tier's runtime: every tier is one of these, behind one `generate`.
+#[derive(Debug, Clone)]
+pub enum TierRuntime {
+    Local(MistralRuntime),
+    Remote(RemoteRuntime),
+}
+
+impl TierRuntime {
+    pub async fn generate(&self, turns: &[Turn], decoding: &DecodingProfile) -> anyhow::Result<Generation> {
+        match self {
+            TierRuntime::Local(runtime) => runtime.generate(turns, decoding).await,
+            TierRuntime::Remote(runtime) => runtime.generate(turns, decoding).await,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TierRuntime::Local(_) => "mistralrs-gguf",
+            TierRuntime::Remote(_) => "openai-compatible",
+        }
+    }
+}
+
 /// What a tier produced.
 #[derive(Debug, Clone)]
 pub struct Generation {
     pub text: String,
     pub finish_reason: String,
     pub token_logprobs: Vec<f32>,
+    /// The chosen tokens' text, parallel to `token_logprobs` (empty when unknown).
+    pub token_texts: Vec<String>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
 }
@@ -99,6 +127,7 @@ mod tests {
             finish_reason: "stop".into(),
             completion_tokens: logprobs.len() as u64,
             token_logprobs: logprobs,
+            token_texts: Vec::new(),
             prompt_tokens: 3,
         }
     }

@@ -217,6 +217,22 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_remote_runtime_is_reported_at_the_field_at_fault() {
+        let remote = MODEL_CARD.replace(
+            "runtime:\n  kind: mistralrs-gguf",
+            "runtime:\n  kind: openai-compatible\n  base_url: http://gpu:1234/v1\n  api_key_env: lower_case",
+        );
+
+        let Err(CardError::Schema(violations)) = parse_card(&remote) else {
+            panic!("expected schema violations");
+        };
+
+        let paths: Vec<&str> = violations.iter().map(|v| v.instance_path.as_str()).collect();
+        assert!(paths.contains(&"/runtime/api_key_env"), "{violations:?}");
+        assert!(violations.iter().any(|v| v.message.contains("model")), "the missing model is named: {violations:?}");
+    }
+
+    #[test]
     fn unparseable_yaml_reports_line_and_column() {
         let Err(CardError::Syntax { line, .. }) = parse_card("kind: model-card\nid: [unclosed\n") else {
             panic!("expected a syntax error");

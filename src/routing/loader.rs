@@ -7,19 +7,25 @@ use anyhow::Context;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
-use super::{SystemRoute, TierRoute};
+use super::{
+    SystemRoute, TierRoute,
+    guard::{GuardLimits, TierGuard},
+};
 use crate::{
-    inference::{DecodingProfile, MistralRuntime, ensure_weights},
+    inference::{DecodingProfile, MistralRuntime, RemoteRuntime, TierRuntime, ensure_weights},
     policy::{BundleSource, CompiledBundle},
     registry::{ArtifactKind, ArtifactRef, ArtifactVersion, ModelCard, Registry, Runtime, SystemCard},
 };
 
-/// Where weights come from and how policies are evaluated; from the settings.
+/// Where weights come from, how policies are evaluated, and each tier's limits; from the settings.
 #[derive(Debug, Clone)]
 pub struct LoaderSettings {
     pub model_cache_dir: PathBuf,
     pub python: String,
     pub policy_eval_timeout: Duration,
+    pub guard: GuardLimits,
+    /// Time limit of a call to a remote tier when the system card sets no SLA.
+    pub remote_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -57,6 +63,11 @@ impl SystemLoader {
             .with_context(|| format!("system card {}", version.reference))?;
         let mut cache = self.cache.lock().await;
         let policy = self.compiled_policy(&mut cache, &card.policy).await?;
+        let time_budget = version
+            .document
+            .pointer("/slas/p95_latency_ms")
+            .and_then(Value::as_u64)
+            .map(Duration::from_millis);
         let mut tiers = Vec::new();
         for (index, tier) in card.tiers.iter().enumerate() {
             let model_version = self.registry.require(ArtifactKind::ModelCard, &tier.model).await?;
@@ -64,21 +75,23 @@ impl SystemLoader {
                 .with_context(|| format!("model card {}", tier.model))?;
             let runtime = match &model.runtime {
                 Runtime::MistralrsGguf => match cache.runtimes.get(&model.weights.sha256) {
-                    Some(runtime) => runtime.clone(),
+                    Some(runtime) => TierRuntime::Local(runtime.clone()),
                     None => {
                         let runtime = self
                             .load_gguf(&model)
                             .await
                             .with_context(|| format!("system {}: tier {index} ({})", card.id, tier.model))?;
                         cache.runtimes.insert(model.weights.sha256.clone(), runtime.clone());
-                        runtime
+                        TierRuntime::Local(runtime)
                     }
                 },
-                Runtime::OpenaiCompatible { .. } => anyhow::bail!(
-                    "system {}: tier {index} uses model {} on a remote OpenAI-compatible endpoint, which this build cannot serve yet",
-                    card.id,
-                    tier.model
-                ),
+                Runtime::OpenaiCompatible { base_url, model: remote_model, api_key_env } => {
+                    let timeout = time_budget.unwrap_or(self.settings.remote_timeout);
+                    TierRuntime::Remote(
+                        RemoteRuntime::new(base_url, remote_model, api_key_env.as_deref(), timeout)
+                            .with_context(|| format!("system {}: tier {index} ({})", card.id, tier.model))?,
+                    )
+                }
             };
             tiers.push(TierRoute {
                 index,
@@ -98,6 +111,8 @@ impl SystemLoader {
                     .and_then(Value::as_u64)
                     .map(|v| v as u32),
                 cost: model.cost.clone(),
+                guard: TierGuard::new(self.settings.guard),
+                time_budget,
             });
         }
         tracing::info!(system = %version.reference, tiers = tiers.len(), policy = %card.policy, "system ready");

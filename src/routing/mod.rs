@@ -1,9 +1,11 @@
 //! The tier pipeline: route gate → tier → accept gate → (escalate …) → one ledger entry. No HTTP, no SQL.
 
 mod entry;
+mod guard;
 mod loader;
 mod system;
 
+pub use guard::{CircuitState, GuardLimits, Refusal};
 pub use loader::{LoaderSettings, SystemLoader};
 pub use system::{SystemRoute, TierRoute};
 
@@ -82,6 +84,8 @@ pub struct AttemptSummary {
     pub latency_ms: f64,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// From the model card's prices and the real token counts; `None` when the card has none.
+    pub cost: Option<f64>,
 }
 
 /// The answer served (only when the outcome is `Served`).
@@ -93,6 +97,8 @@ pub struct ServedAnswer {
     pub finish_reason: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The chosen tokens and their log-probabilities (token text may be empty when unknown).
+    pub token_logprobs: Vec<(String, f32)>,
 }
 
 /// Everything the caller learns about how the request was handled.
@@ -117,6 +123,9 @@ pub enum RoutingError {
     /// The ledger could not record the request: nothing is served (fail closed).
     #[error("the ledger cannot record requests right now")]
     LedgerUnavailable(#[source] anyhow::Error),
+    /// The starting tier's queue is full: back off and retry (nothing ran, nothing recorded).
+    #[error("tier {tier} of {system} is at capacity: {refusal}")]
+    Overloaded { system: String, tier: usize, refusal: Refusal },
 }
 
 /// Routes requests through the active systems. Built at start-up and shared; activation and
@@ -173,6 +182,15 @@ impl Router {
         self.systems.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The circuit state and queue length of every tier, by `system/tier`.
+    pub fn tier_health(&self) -> BTreeMap<String, (CircuitState, usize)> {
+        let systems = self.read_systems();
+        systems
+            .values()
+            .flat_map(|s| s.tiers.iter().map(move |t| (format!("{}/{}", s.reference.id, t.index), (t.guard.circuit(), t.guard.queued()))))
+            .collect()
+    }
+
     pub fn ledger(&self) -> &Arc<Ledger> {
         &self.ledger
     }
@@ -208,7 +226,15 @@ impl Router {
         let mut reasons = route.reasons.clone();
         if let (true, Some(start)) = (route.action == "serve", route.tier) {
             for tier in &system.tiers[start..] {
-                let (attempt, accept) = self.attempt(&system, tier, &request, &base_input).await;
+                let admission = match tier.guard.admit().await {
+                    // Backpressure: when the first tier cannot take the request, nothing has run
+                    // yet; the caller is told to retry rather than queued without bound.
+                    Err(refusal @ Refusal::QueueFull(_)) if attempts.is_empty() => {
+                        return Err(RoutingError::Overloaded { system: system.reference.to_string(), tier: tier.index, refusal });
+                    }
+                    other => other,
+                };
+                let (attempt, accept) = self.attempt(&system, tier, &request, &base_input, admission).await;
                 record.push_attempt(tier, &attempt, &accept);
                 if let Some(shadow) = &shadow {
                     shadow_accepts.push(shadow.evaluate(Gate::Accept, &attempt.accept_input, tier_count));
@@ -225,6 +251,7 @@ impl Router {
                     latency_ms: attempt.latency_ms,
                     prompt_tokens: attempt.generation.as_ref().map_or(0, |g| g.prompt_tokens),
                     completion_tokens: attempt.generation.as_ref().map_or(0, |g| g.completion_tokens),
+                    cost: attempt.generation.as_ref().and_then(|g| tier.cost(g.prompt_tokens, g.completion_tokens)),
                 });
                 match accept.action.as_str() {
                     "accept" => {
@@ -281,6 +308,7 @@ impl Router {
         tier: &TierRoute,
         request: &ChatRequest,
         base_input: &Value,
+        admission: Result<tokio::sync::SemaphorePermit<'_>, Refusal>,
     ) -> (Attempt, GateDecision) {
         let decoding = DecodingProfile {
             max_tokens: request.max_tokens.map_or(tier.decoding.max_tokens, |m| m.min(tier.decoding.max_tokens)),
@@ -288,7 +316,21 @@ impl Router {
             system_prompt: tier.decoding.system_prompt.clone(),
         };
         let started = Instant::now();
-        let result = tier.runtime.generate(&request.turns, &decoding).await;
+        let result = match admission {
+            // Not run (circuit open, or a later tier's queue full): the policy decides what next.
+            Err(refusal) => Err(anyhow::anyhow!("tier {} was not run: {refusal}", tier.index)),
+            Ok(_slot) => {
+                let generation = tier.runtime.generate(&request.turns, &decoding);
+                let result = match tier.time_budget {
+                    Some(budget) => tokio::time::timeout(budget, generation).await.unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("tier {} exceeded its time budget of {} ms", tier.index, budget.as_millis()))
+                    }),
+                    None => generation.await,
+                };
+                tier.guard.record(result.is_ok());
+                result
+            }
+        };
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let attempt = match result {
             Ok(generation) => Attempt {
@@ -346,6 +388,12 @@ impl Attempt {
             finish_reason: g.finish_reason.clone(),
             prompt_tokens: g.prompt_tokens,
             completion_tokens: g.completion_tokens,
+            token_logprobs: g
+                .token_logprobs
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (g.token_texts.get(i).cloned().unwrap_or_default(), *l))
+                .collect(),
         })
     }
 }

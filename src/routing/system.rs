@@ -1,12 +1,12 @@
 //! A system card version resolved for serving: its tiers with loaded runtimes and its compiled policy.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use serde_json::Value;
 
 use super::{ChatRequest, RoutingError};
 use crate::{
-    inference::{DecodingProfile, MistralRuntime},
+    inference::{DecodingProfile, TierRuntime},
     policy::CompiledBundle,
     registry::{ArtifactRef, Cost},
 };
@@ -28,8 +28,12 @@ pub struct TierRoute {
     pub model: ArtifactRef,
     pub model_digest: String,
     pub weights_sha256: String,
-    pub runtime: MistralRuntime,
+    pub runtime: TierRuntime,
     pub decoding: DecodingProfile,
+    /// Queue and circuit breaker of this tier.
+    pub guard: super::guard::TierGuard,
+    /// An attempt running longer fails (the system card's SLA, `slas.p95_latency_ms`).
+    pub time_budget: Option<Duration>,
     /// The model card's limit on generated tokens per request.
     pub max_tokens_limit: Option<u32>,
     pub cost: Option<Cost>,

@@ -141,7 +141,7 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_no_ledger_entry() {
         (json!({"model": "support-triage", "messages": [{"role": "user", "content": 5}]}), 422, "invalid_request", "messages[0].content"),
         (json!({"model": "support-triage", "messages": [{"role": "wizard", "content": "hi"}]}), 422, "invalid_request", "messages[0].role"),
         (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}), 422, "invalid_request", "max_tokens"),
-        (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "stream": true}), 422, "invalid_request", "stream"),
+        (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "n": 3}), 422, "invalid_request", "n:"),
     ];
 
     for (request, status, code, named) in cases {

@@ -4,6 +4,7 @@
 mod access;
 mod chat;
 mod helpers;
+mod inference;
 mod ledger;
 mod operations;
 mod policies;

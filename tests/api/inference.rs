@@ -1,0 +1,170 @@
+//! Tier runtimes end to end: streaming, a remote tier, a failing tier, backpressure, overhead.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::helpers::{spawn_app, spawn_app_with, test_settings, user_message};
+
+const SMALL_MODEL: &str = "smollm2-135m-instruct@1";
+
+/// A directory of extra cards for one test.
+fn cards_dir(cards: &[(&str, String)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tiergate-cards-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, text) in cards {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    dir
+}
+
+fn remote_model_card(id: &str, base_url: &str, model: &str, key_env: &str) -> String {
+    format!(
+        "kind: model-card\nid: {id}\nname: {id} (remote)\nruntime: {{kind: openai-compatible, base_url: \"{base_url}\", model: {model}, api_key_env: {key_env}}}\n\
+         weights: {{source: remote, sha256: \"{}\"}}\ncost: {{per_1k_input_tokens: 1.0, per_1k_output_tokens: 2.0, currency: USD}}\n",
+        "cd".repeat(32)
+    )
+}
+
+/// Two tiers; the first one's threshold cannot be met, so every answer it gives escalates.
+fn system_card(id: &str, first: &str, second: &str, p95_ms: u64) -> String {
+    format!(
+        "kind: system-card\nid: {id}\npurpose: test\npolicy: tiergate-default@1\ntiers:\n\
+         - {{name: first, model: \"{first}\", decoding: {{max_tokens: 8, temperature: 0.0}}}}\n\
+         - {{name: second, model: \"{second}\", decoding: {{max_tokens: 8, temperature: 0.0}}}}\n\
+         slas: {{p95_latency_ms: {p95_ms}}}\nescalation: {{min_mean_logprob: -1000.0, min_mean_logprob_by_tier: [1.0, -1000.0]}}\n"
+    )
+}
+
+/// The `data:` payloads of a server-sent-events body.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n").filter_map(|event| event.strip_prefix("data: ")).map(str::to_owned).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_sends_the_accepted_answer_in_the_openai_chunk_format_after_the_ledger_commit() {
+    let app = spawn_app().await;
+    let plain: Value = app.chat(user_message("always-small", "Name a primary colour.")).await.json().await.unwrap();
+    let mut request = user_message("always-small", "Name a primary colour.");
+    request["stream"] = json!(true);
+    request["stream_options"] = json!({"include_usage": true});
+
+    let response = app.chat(request).await;
+
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = sse_data(&response.text().await.unwrap());
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(chunks.iter().all(|c| c["object"] == "chat.completion.chunk" && c["id"] == chunks[0]["id"]));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    assert_eq!(text, plain["choices"][0]["message"]["content"].as_str().unwrap(), "greedy: the same answer, streamed");
+    assert!(chunks.len() > 3, "the answer comes in pieces");
+    let last = &chunks[chunks.len() - 2];
+    assert_eq!(last["choices"][0]["finish_reason"], plain["choices"][0]["finish_reason"]);
+    let index = last["tiergate"]["ledger_index"].as_u64().unwrap();
+    assert_eq!(app.ledger_entry(index).await["outcome"], "served", "committed before the final chunk");
+    let usage = &chunks[chunks.len() - 1];
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], plain["usage"]["total_tokens"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_remote_tier_is_called_over_the_openai_protocol_with_its_logprobs() {
+    let remote = spawn_app().await;
+    let key_env = format!("TIERGATE_TEST_REMOTE_KEY_{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+    // SAFETY: the variable name is unique to this test; nothing else reads or writes it.
+    unsafe { std::env::set_var(&key_env, &remote.app_token) };
+    let mut settings = test_settings();
+    settings.cards_dirs.push(cards_dir(&[
+        ("remote.yaml", remote_model_card("remote-large", &format!("{}/v1", remote.address), "always-small", &key_env)),
+        ("system.yaml", system_card("small-then-remote", SMALL_MODEL, "remote-large@1", 20_000)),
+    ]));
+    let app = spawn_app_with(settings).await;
+    let remote_entries = remote.ledger_count().await;
+
+    let response: Value = app.chat(user_message("small-then-remote", "Name a primary colour.")).await.json().await.unwrap();
+
+    assert_eq!(response["tiergate"]["tier_served"], 1, "{response}");
+    assert_eq!(remote.ledger_count().await, remote_entries + 1, "the remote tiergate served (and recorded) it");
+    let entry = app.ledger_entry(response["tiergate"]["ledger_index"].as_u64().unwrap()).await;
+    let attempt = &entry["attempts"][1];
+    assert_eq!(attempt["model"]["id"], "remote-large");
+    assert!(attempt["error"].is_null(), "{attempt}");
+    assert!(attempt["signals"]["mean_logprob"].as_f64().unwrap() > -100.0, "the remote returned token logprobs: {attempt}");
+    assert!(attempt["tokens"]["completion"].as_u64().unwrap() > 0);
+    let expected_cost = (attempt["tokens"]["prompt"].as_f64().unwrap() * 1.0 + attempt["tokens"]["completion"].as_f64().unwrap() * 2.0) / 1000.0;
+    assert!((attempt["cost"].as_f64().unwrap() - expected_cost).abs() < 1e-9);
+    let answer = response["choices"][0]["message"]["content"].as_str().unwrap();
+    let remote_entry = remote.ledger_entry(remote_entries as u64).await;
+    assert_eq!(remote_entry["answer_sha256"], hex::encode(Sha256::digest(answer.as_bytes())), "the answer is the remote's");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_tier_is_handled_by_policy_and_repeated_failures_open_its_circuit() {
+    let key_env = format!("TIERGATE_TEST_DEAD_KEY_{}", uuid::Uuid::new_v4().simple()).to_uppercase();
+    // SAFETY: the variable name is unique to this test.
+    unsafe { std::env::set_var(&key_env, "unused") };
+    let mut settings = test_settings();
+    settings.breaker_failures = 2;
+    settings.breaker_open_s = 600;
+    // Port 9 (discard) has no listener here: connections are refused at once.
+    settings.cards_dirs.push(cards_dir(&[
+        ("dead.yaml", remote_model_card("dead-remote", "http://127.0.0.1:9/v1", "nothing", &key_env)),
+        ("system.yaml", system_card("dead-first", "dead-remote@1", SMALL_MODEL, 20_000)),
+    ]));
+    let app = spawn_app_with(settings).await;
+
+    let mut errors = Vec::new();
+    for _ in 0..3 {
+        let response: Value = app.chat(user_message("dead-first", "Name a primary colour.")).await.json().await.unwrap();
+        assert_eq!(response["tiergate"]["tier_served"], 1, "the policy escalated past the failed tier: {response}");
+        let entry = app.ledger_entry(response["tiergate"]["ledger_index"].as_u64().unwrap()).await;
+        assert_eq!(entry["attempts"][0]["accept"]["decision"]["action"], "escalate");
+        errors.push(entry["attempts"][0]["error"].as_str().unwrap().to_owned());
+    }
+    let ready: Value = app.get("/readyz").await.json().await.unwrap();
+
+    assert!(errors[0].contains("unreachable"), "{errors:?}");
+    assert!(errors[2].contains("circuit is open"), "after two failures the tier is skipped: {errors:?}");
+    assert_eq!(ready["checks"]["tiers"]["dead-first/0"]["circuit"], "open", "{ready}");
+    assert_eq!(ready["checks"]["tiers"]["dead-first/1"]["circuit"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_tier_queue_answers_429_with_retry_after_instead_of_waiting() {
+    let mut settings = test_settings();
+    settings.tier_concurrency = 1;
+    settings.tier_queue_depth = 0;
+    let app = spawn_app_with(settings).await;
+    let entries = app.ledger_count().await;
+
+    let requests = (0..4).map(|_| app.chat(user_message("always-small", "Write a sentence about the sea.")));
+    let responses = futures::future::join_all(requests).await;
+
+    let statuses: Vec<u16> = responses.iter().map(|r| r.status().as_u16()).collect();
+    assert!(statuses.contains(&200), "{statuses:?}");
+    let refused: Vec<&reqwest::Response> = responses.iter().filter(|r| r.status() == 429).collect();
+    assert!(!refused.is_empty(), "{statuses:?}");
+    assert!(refused.iter().all(|r| r.headers()["retry-after"] == "1"));
+    let served = statuses.iter().filter(|s| **s == 200).count() as i64;
+    assert_eq!(app.ledger_count().await, entries + served, "refused requests reached no tier and left no entry");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_response_reports_the_gateways_own_overhead_and_the_cost() {
+    let app = spawn_app().await;
+
+    let response = app.chat(user_message("always-small", "Hi")).await;
+
+    let overhead: f64 = response.headers()["x-tiergate-overhead-ms"].to_str().unwrap().parse().unwrap();
+    let body: Value = response.json().await.unwrap();
+    let model_ms = body["tiergate"]["model_ms"].as_f64().unwrap();
+    assert!(overhead >= 0.0 && model_ms > 0.0);
+    assert_eq!(body["tiergate"]["overhead_ms"].as_f64().unwrap(), overhead);
+    let attempts_ms: f64 = body["tiergate"]["attempts"].as_array().unwrap().iter().map(|a| a["latency_ms"].as_f64().unwrap()).sum();
+    assert!((attempts_ms - model_ms).abs() < 0.01, "model time is the attempts' time");
+    assert_eq!(body["tiergate"]["cost"], 0.0, "the packaged model's card prices it at 0");
+}
