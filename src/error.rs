@@ -109,6 +109,10 @@ impl From<anyhow::Error> for ApiError {
     }
 }
 
+/// The code of an error response, attached to it for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
 /// The error body of every 4xx and 5xx response.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"error": {"code": "invalid_request", "message": "messages: must contain at least one message", "request_id": "0193b2c4-3f1e-7c2a-9d41-5f0e8a7b6c5d"}}))]
@@ -189,6 +193,8 @@ impl ResponseError for ApiError {
         if let ApiError::TooManyRequests { retry_after_s, .. } = self {
             response.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_s.to_string()));
         }
+        // Read by the error-counting middleware (errors_total{code}).
+        response.extensions_mut().insert(ErrorCode(self.code()));
         response.json(ErrorBody {
             error: ErrorDetail {
                 code: self.code().to_owned(),

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod inference;
 pub mod ledger;
+pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod routing;

@@ -13,6 +13,7 @@ use crate::{
     api::{self, ApiDoc, AppState, access::Requirements},
     config::Settings,
     ledger::{CheckpointSigner, Ledger},
+    metrics::Metrics,
     registry::{ArtifactRef, Registry, seed_shipped},
     routing::{GuardLimits, LoaderSettings, Router, SystemLoader},
     store::Store,
@@ -56,11 +57,12 @@ impl Application {
         let systems = loader.load_active().await?;
         let signer = CheckpointSigner::load_or_create(&settings.data_dir.join(LEDGER_KEY_FILE), &settings.ledger_origin)?;
         tracing::info!(public_key = %signer.verifier_key, "ledger checkpoints are signed with this key");
-        let ledger = Arc::new(Ledger::new(store.clone(), signer));
+        let metrics = Arc::new(Metrics::new()?);
+        let ledger = Arc::new(Ledger::new(store.clone(), signer).with_metrics(metrics.clone()));
         if settings.checkpoint_interval_s > 0 {
             tokio::spawn(publish_checkpoints(ledger.clone(), Duration::from_secs(settings.checkpoint_interval_s)));
         }
-        let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text));
+        let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text, metrics));
         for shadow in store.system_shadows().await? {
             let policy = ArtifactRef { id: shadow.policy_id, version: shadow.policy_version };
             let compiled = loader.policy(&policy).await.with_context(|| format!("shadow policy {policy} of {}", shadow.system_id))?;
@@ -86,6 +88,7 @@ impl Application {
                 .default_service(web::to(api::not_found))
                 // Outermost last: the request id exists before authorization logs or refuses.
                 .wrap(from_fn(api::access::authorize))
+                .wrap(from_fn(api::metrics::count_errors))
                 .wrap(from_fn(request_id_middleware))
         })
         .listen(listener)

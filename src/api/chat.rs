@@ -12,6 +12,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     inference::{Role, Turn},
     routing::{AttemptSummary, ChatRequest, Outcome, RequestFacts, Routed, RoutingError},
+    store::ReviewRow,
     telemetry::current_request_id,
 };
 
@@ -109,7 +110,8 @@ pub struct ChatCompletionResponse {
     pub created: i64,
     /// The system card that handled the request, as requested.
     pub model: String,
-    /// One choice when served; empty when the answer is held for human review.
+    /// One choice: the served answer, or (HTTP 202, `tiergate.review_required`) the answer held
+    /// for human review.
     pub choices: Vec<Choice>,
     pub usage: Usage,
     pub tiergate: RoutingMetadata,
@@ -184,6 +186,9 @@ pub struct RoutingMetadata {
     pub reasons: Vec<String>,
     /// Index of this request's entry in the ledger.
     pub ledger_index: u64,
+    /// The policy held this answer for human review: it is returned (HTTP 202) flagged, and
+    /// waits in the review queue (`/v1/reviews/{ledger_index}`) for a reviewer's verdict.
+    pub review_required: bool,
     /// Time spent in the tiers' models, summed over attempts.
     pub model_ms: f64,
     /// The gateway's own time: end to end minus model time (parsing, policy, ledger commit).
@@ -248,7 +253,7 @@ impl From<AttemptSummary> for AttemptView {
                 ("X-Tiergate-Ledger-Index" = u64, description = "Ledger entry of this request"),
                 ("X-Request-Id" = String, description = "Request id (also in every log line)"),
             )),
-        (status = 202, description = "Answer held for human review (no choice is returned)", body = ChatCompletionResponse),
+        (status = 202, description = "Answer held for human review: returned flagged (`tiergate.review_required`) and queued for a reviewer", body = ChatCompletionResponse),
         (status = 400, description = "Body is not valid JSON", body = ErrorBody),
         (status = 401, description = "No valid API key", body = ErrorBody),
         (status = 403, description = "Refused by policy (recorded in the ledger), or the key lacks the role or the system in its scopes", body = ErrorBody),
@@ -269,6 +274,21 @@ pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, 
         logprobs: request.logprobs == Some(true),
     };
     let chat = into_domain(request, &caller)?;
+    let messages = serde_json::to_string(
+        &chat
+            .turns
+            .iter()
+            .map(|t| {
+                let role = match t.role {
+                    Role::System => "system",
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                };
+                serde_json::json!({"role": role, "content": t.content})
+            })
+            .collect::<Vec<_>>(),
+    )
+    .map_err(anyhow::Error::from)?;
     if !caller.may_call(&chat.system_id) {
         tracing::warn!(key_id = %caller.key_id, system = %chat.system_id, "request refused: scope");
         return Err(ApiError::Forbidden(format!(
@@ -294,7 +314,27 @@ pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, 
     })?;
     let tokens: u64 = routed.attempts.iter().map(|a| a.prompt_tokens + a.completion_tokens).sum();
     state.access.record_usage(&caller, tokens, chrono::Utc::now()).await?;
-    respond(request_id, model, routed, options, started)
+    if let Some(held) = &routed.held_answer {
+        // The reviewer needs the text; the ledger entry already records the hold.
+        state
+            .store
+            .insert_review(&ReviewRow {
+                ledger_index: routed.ledger_index as i64,
+                request_id: request_id.clone(),
+                system_id: routed.system.split('@').next().unwrap_or_default().to_owned(),
+                created_at: super::now(),
+                messages,
+                answer: held.text.clone(),
+                status: "pending".into(),
+                verdict_by: None,
+                verdict_at: None,
+                correction: None,
+                comment: None,
+                verdict_index: None,
+            })
+            .await?;
+    }
+    respond(request_id, model, routed, options, started, state.router.metrics())
 }
 
 /// How the caller wants the answer delivered.
@@ -410,6 +450,7 @@ fn respond(
     routed: Routed,
     options: ResponseOptions,
     started: std::time::Instant,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<HttpResponse, ApiError> {
     if routed.outcome == Outcome::Denied {
         return Err(ApiError::PolicyDenied {
@@ -419,9 +460,11 @@ fn respond(
     }
     let prompt_tokens: u64 = routed.attempts.iter().map(|a| a.prompt_tokens).sum();
     let completion_tokens: u64 = routed.attempts.iter().map(|a| a.completion_tokens).sum();
+    let review_required = routed.outcome == Outcome::HeldForReview;
     let choices = routed
         .answer
         .as_ref()
+        .or(routed.held_answer.as_ref())
         .map(|answer| Choice {
             index: 0,
             message: AssistantMessage { role: "assistant".into(), content: answer.text.clone() },
@@ -439,6 +482,8 @@ fn respond(
     let model_ms: f64 = routed.attempts.iter().map(|a| a.latency_ms).sum();
     let elapsed_ms = started.elapsed().as_secs_f64() * 1000.0;
     let overhead_ms = ((elapsed_ms - model_ms).max(0.0) * 1000.0).round() / 1000.0;
+    let system_id = routed.system.split('@').next().unwrap_or_default();
+    metrics.overhead_seconds.with_label_values(&[system_id]).observe(overhead_ms / 1000.0);
     let cost = routed.attempts.iter().filter_map(|a| a.cost).sum();
     let status = match routed.outcome {
         Outcome::Served => StatusCode::OK,
@@ -461,6 +506,7 @@ fn respond(
             escalated: routed.escalated,
             reasons: routed.reasons,
             ledger_index: routed.ledger_index,
+            review_required,
             model_ms: (model_ms * 1000.0).round() / 1000.0,
             overhead_ms,
             cost,

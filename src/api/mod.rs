@@ -5,7 +5,9 @@ pub mod chat;
 pub mod health;
 pub mod keys;
 pub mod ledger;
+pub mod metrics;
 pub mod registry;
+pub mod reviews;
 
 use std::sync::Arc;
 
@@ -47,6 +49,7 @@ pub struct AppState {
         (name = "inference", description = "OpenAI-compatible chat completions routed through the tiers"),
         (name = "ledger", description = "The tamper-evident decision ledger: checkpoints, proofs, export"),
         (name = "registry", description = "Versioned model cards, system cards and policy bundles: submit, approve (four-eyes), activate, retire, roll back, export"),
+        (name = "reviews", description = "Human review of held answers, and feedback on answers"),
         (name = "keys", description = "API keys: issue, list, revoke; a key's own roles, limits and usage"),
         (name = "policies", description = "Policy bundles: tests with coverage, dry-run, replay against the ledger, shadow mode"),
         (name = "operations", description = "Health, readiness and the API description"),
@@ -94,7 +97,12 @@ pub fn routes(config: &mut ServiceConfig) {
         // Before /v1/keys/{key_id}, which would otherwise match "me".
         .service(keys::my_key)
         .service(keys::get_key)
-        .service(keys::revoke_key);
+        .service(keys::revoke_key)
+        .service(metrics::metrics)
+        .service(reviews::list_reviews)
+        .service(reviews::get_review)
+        .service(reviews::record_verdict)
+        .service(reviews::record_feedback);
 }
 
 /// The OpenAPI 3.1 document, generated from the code (also served at `/openapi.json`).

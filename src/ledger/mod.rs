@@ -22,6 +22,7 @@ use tlog_tiles::{Hash, prove_record, prove_tree, record_hash, stored_hash_index,
 
 use crate::{
     canonical::to_canonical_bytes,
+    metrics::Metrics,
     store::{LedgerFilter, LedgerRow, Store},
 };
 use hashes::PrefetchedHashes;
@@ -54,6 +55,7 @@ pub struct Ledger {
     /// Entries waiting for the next group commit.
     queue: Mutex<Vec<Pending>>,
     signer: CheckpointSigner,
+    metrics: Option<Arc<Metrics>>,
 }
 
 #[derive(Debug)]
@@ -126,7 +128,13 @@ pub struct LedgerRecord {
 
 impl Ledger {
     pub fn new(store: Store, signer: CheckpointSigner) -> Ledger {
-        Ledger { store, append_lock: Arc::new(tokio::sync::Mutex::new(())), queue: Mutex::new(Vec::new()), signer }
+        Ledger { store, append_lock: Arc::new(tokio::sync::Mutex::new(())), queue: Mutex::new(Vec::new()), signer, metrics: None }
+    }
+
+    /// Records commit times and batch sizes in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Ledger {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The note verifier keys auditors check checkpoints with: the current one first, then
@@ -322,9 +330,15 @@ impl Ledger {
         }
         let batch = std::mem::take(&mut *self.queue.lock().map_err(|_| anyhow::anyhow!("ledger queue poisoned"))?);
         let store = self.store.clone();
+        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let _writer = writer;
+            let (started, entries) = (std::time::Instant::now(), batch.len());
             commit_batch(&store, batch).await;
+            if let Some(metrics) = metrics {
+                metrics.ledger_commit_seconds.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
+                metrics.ledger_batch_entries.with_label_values::<&str>(&[]).observe(entries as f64);
+            }
         });
         answer.await.map_err(|_| anyhow::anyhow!("ledger batch ended without an answer"))?.map_err(anyhow::Error::msg)
     }
@@ -392,6 +406,11 @@ pub struct LedgerTransaction {
 impl LedgerTransaction {
     pub fn conn(&mut self) -> &mut sqlx::AnyConnection {
         &mut self.tx
+    }
+
+    /// The index the entry committed by this transaction will get.
+    pub async fn next_index(&mut self) -> anyhow::Result<u64> {
+        Ok(Store::ledger_size(&mut self.tx).await? as u64)
     }
 
     /// Appends `draft` and commits it together with everything done on [`Self::conn`].

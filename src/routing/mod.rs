@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 use crate::{
     inference::{DecodingProfile, Signals, Turn},
     ledger::Ledger,
+    metrics::Metrics,
     policy::{CompiledBundle, Gate, GateDecision},
     registry::ArtifactRef,
 };
@@ -106,6 +107,8 @@ pub struct ServedAnswer {
 pub struct Routed {
     pub outcome: Outcome,
     pub answer: Option<ServedAnswer>,
+    /// The answer held for human review (outcome `HeldForReview`): returned flagged, and queued.
+    pub held_answer: Option<ServedAnswer>,
     pub escalated: bool,
     pub reasons: Vec<String>,
     pub attempts: Vec<AttemptSummary>,
@@ -138,12 +141,13 @@ pub struct Router {
     shadows: RwLock<HashMap<String, Arc<CompiledBundle>>>,
     ledger: Arc<Ledger>,
     store_text: bool,
+    metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(systems: Vec<SystemRoute>, ledger: Arc<Ledger>, store_text: bool) -> Router {
+    pub fn new(systems: Vec<SystemRoute>, ledger: Arc<Ledger>, store_text: bool, metrics: Arc<Metrics>) -> Router {
         let systems = systems.into_iter().map(|s| (s.reference.id.clone(), Arc::new(s))).collect();
-        Router { systems: RwLock::new(systems), shadows: RwLock::new(HashMap::new()), ledger, store_text }
+        Router { systems: RwLock::new(systems), shadows: RwLock::new(HashMap::new()), ledger, store_text, metrics }
     }
 
     pub fn system_ids(&self) -> Vec<String> {
@@ -182,6 +186,29 @@ impl Router {
         self.systems.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn observe(&self, system: &str, outcome: Outcome, answer: Option<&ServedAnswer>, attempts: &[AttemptSummary], started: Instant) {
+        let m = &self.metrics;
+        let tier_served = answer.map_or_else(|| "none".to_owned(), |a| a.tier.to_string());
+        m.requests.with_label_values(&[system, outcome.as_str(), &tier_served]).inc();
+        if attempts.len() > 1 {
+            m.escalated.with_label_values(&[system]).inc();
+        } else if outcome == Outcome::Served {
+            m.contained.with_label_values(&[system]).inc();
+        }
+        m.request_seconds.with_label_values(&[system]).observe(started.elapsed().as_secs_f64());
+        for attempt in attempts {
+            let tier = attempt.tier.to_string();
+            m.tier_seconds.with_label_values(&[system, &tier]).observe(attempt.latency_ms / 1000.0);
+            m.tokens.with_label_values(&[system, &tier, "prompt"]).inc_by(attempt.prompt_tokens);
+            m.tokens.with_label_values(&[system, &tier, "completion"]).inc_by(attempt.completion_tokens);
+            m.cost.with_label_values(&[system, &tier]).inc_by(attempt.cost.unwrap_or_default());
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// The circuit state and queue length of every tier, by `system/tier`.
     pub fn tier_health(&self) -> BTreeMap<String, (CircuitState, usize)> {
         let systems = self.read_systems();
@@ -214,7 +241,9 @@ impl Router {
             "thresholds": system.thresholds,
         });
         let tier_count = system.tiers.len();
+        let started = Instant::now();
         let route = system.policy.evaluate(Gate::Route, &base_input, tier_count);
+        self.metrics.policy_seconds.with_label_values(&["route"]).observe(route.eval_us as f64 / 1e6);
         let mut record = entry::EntryBuilder::new(&system, &request, base_input.clone(), route.clone(), self.store_text);
         let shadow = self.shadow(&system.reference.id);
         let shadow_route = shadow.as_ref().map(|s| s.evaluate(Gate::Route, &base_input, tier_count));
@@ -223,6 +252,7 @@ impl Router {
         let mut attempts = Vec::new();
         let mut outcome = Outcome::Denied;
         let mut answer = None;
+        let mut held_answer = None;
         let mut reasons = route.reasons.clone();
         if let (true, Some(start)) = (route.action == "serve", route.tier) {
             for tier in &system.tiers[start..] {
@@ -235,6 +265,7 @@ impl Router {
                     other => other,
                 };
                 let (attempt, accept) = self.attempt(&system, tier, &request, &base_input, admission).await;
+                self.metrics.policy_seconds.with_label_values(&["accept"]).observe(accept.eval_us as f64 / 1e6);
                 record.push_attempt(tier, &attempt, &accept);
                 if let Some(shadow) = &shadow {
                     shadow_accepts.push(shadow.evaluate(Gate::Accept, &attempt.accept_input, tier_count));
@@ -264,10 +295,12 @@ impl Router {
                         // The policy asked for a tier that does not exist: treat as review, never as accept.
                         reasons.push("policy escalated from the last tier: held for human review".into());
                         outcome = Outcome::HeldForReview;
+                        held_answer = attempt.served(tier);
                         break;
                     }
                     "review" => {
                         outcome = Outcome::HeldForReview;
+                        held_answer = attempt.served(tier);
                         break;
                     }
                     _ => {
@@ -278,6 +311,7 @@ impl Router {
             }
         }
         let escalated = attempts.len() > 1;
+        self.observe(&system.reference.id, outcome, answer.as_ref(), &attempts, started);
         if let (Some(shadow), Some(shadow_route)) = (&shadow, shadow_route) {
             record.set_shadow(shadow, shadow_route, shadow_accepts);
         }
@@ -293,6 +327,7 @@ impl Router {
         Ok(Routed {
             outcome,
             answer,
+            held_answer,
             escalated,
             reasons,
             attempts,

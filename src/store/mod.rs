@@ -3,10 +3,12 @@
 mod artifacts;
 mod keys;
 mod ledger;
+mod reviews;
 
 pub use artifacts::{AliasHistoryRow, AliasMove, NewArtifactVersion, ShadowRow, StoredArtifactVersion};
 pub use keys::KeyRow;
 pub use ledger::{LedgerFilter, LedgerRow};
+pub use reviews::ReviewRow;
 
 use std::str::FromStr;
 

@@ -115,15 +115,16 @@ async fn a_blocked_use_case_is_refused_and_the_refusal_is_recorded() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_answer_no_tier_is_sure_of_is_held_for_review_and_not_released() {
+async fn an_answer_no_tier_is_sure_of_is_held_for_review_and_returned_flagged() {
     let app = spawn_app().await;
 
     let response = app.chat(user_message("always-review", "Explain quantum gravity.")).await;
 
     assert_eq!(response.status(), 202);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["choices"], json!([]));
     assert_eq!(body["tiergate"]["outcome"], "held_for_review");
+    assert_eq!(body["tiergate"]["review_required"], true, "the held answer is returned, flagged");
+    assert!(!body["choices"][0]["message"]["content"].as_str().unwrap().is_empty());
     assert_eq!(body["tiergate"]["attempts"][1]["decision"], "review");
     let entry = app.ledger_entry(body["tiergate"]["ledger_index"].as_u64().unwrap()).await;
     assert_eq!(entry["outcome"], "held_for_review");

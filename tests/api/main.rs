@@ -6,6 +6,7 @@ mod chat;
 mod helpers;
 mod inference;
 mod ledger;
+mod observability;
 mod operations;
 mod policies;
 mod registry;

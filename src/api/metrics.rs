@@ -1,0 +1,39 @@
+//! The Prometheus endpoint, and the middleware that counts error responses by code.
+
+use actix_web::{
+    Error, HttpResponse,
+    body::MessageBody,
+    dev::{ServiceRequest, ServiceResponse},
+    get,
+    middleware::Next,
+    web,
+};
+
+use super::AppState;
+use crate::error::{ApiError, ErrorCode};
+
+/// Metrics in the Prometheus text format (requests, escalation and containment, latencies,
+/// gateway overhead, tokens and cost per tier, policy time, ledger commits, queues, errors).
+#[utoipa::path(
+    tag = "operations", security(("api_key" = ["auditor", "admin"])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
+)]
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let metrics = state.router.metrics();
+    for (tier, (_, queued)) in state.router.tier_health() {
+        let (system, index) = tier.rsplit_once('/').unwrap_or((tier.as_str(), ""));
+        metrics.queued.with_label_values(&[system, index]).set(queued as i64);
+    }
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(metrics.render()?))
+}
+
+/// Counts every error response by its code (`tiergate_errors_total{code}`).
+pub async fn count_errors(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let response = next.call(req).await?;
+    if let (Some(state), Some(code)) = (state, response.response().extensions().get::<ErrorCode>().copied()) {
+        state.router.metrics().errors.with_label_values(&[code.0]).inc();
+    }
+    Ok(response)
+}

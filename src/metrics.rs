@@ -1,0 +1,78 @@
+//! Prometheus metrics of one gateway: requests, escalation and containment, latencies, gateway
+//! overhead, tokens and cost per tier, policy evaluation time, ledger commits, queues, errors.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder, core::{AtomicF64, GenericCounterVec},
+};
+
+type FloatCounterVec = GenericCounterVec<AtomicF64>;
+
+/// Latency buckets in seconds: sub-millisecond gateway work up to minute-long generations.
+const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub escalated: IntCounterVec,
+    pub contained: IntCounterVec,
+    pub request_seconds: HistogramVec,
+    pub overhead_seconds: HistogramVec,
+    pub tier_seconds: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub cost: FloatCounterVec,
+    pub policy_seconds: HistogramVec,
+    pub ledger_commit_seconds: HistogramVec,
+    pub ledger_batch_entries: HistogramVec,
+    pub queued: IntGaugeVec,
+    pub errors: IntCounterVec,
+    pub feedback: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new() -> anyhow::Result<Metrics> {
+        let registry = Registry::new_custom(Some("tiergate".into()), None)?;
+        let counter = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| -> anyhow::Result<HistogramVec> {
+            let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let cost = FloatCounterVec::new(Opts::new("cost_total", "Cost of attempts from the model cards' prices and real tokens"), &["system", "tier"])?;
+        registry.register(Box::new(cost.clone()))?;
+        let queued = IntGaugeVec::new(Opts::new("tier_queued_requests", "Requests waiting for a tier"), &["system", "tier"])?;
+        registry.register(Box::new(queued.clone()))?;
+        Ok(Metrics {
+            requests: counter("requests_total", "Inference requests by system, outcome and tier served", &["system", "outcome", "tier_served"])?,
+            escalated: counter("requests_escalated_total", "Requests that ran on more than one tier", &["system"])?,
+            contained: counter("requests_contained_total", "Requests served by the first tier they ran on", &["system"])?,
+            request_seconds: histogram("request_duration_seconds", "End-to-end request time", &["system"], SECONDS)?,
+            overhead_seconds: histogram("gateway_overhead_seconds", "End-to-end time minus model time", &["system"], SECONDS)?,
+            tier_seconds: histogram("tier_duration_seconds", "Time of one tier attempt", &["system", "tier"], SECONDS)?,
+            tokens: counter("tokens_total", "Tokens by system, tier and kind (prompt, completion)", &["system", "tier", "kind"])?,
+            cost,
+            policy_seconds: histogram("policy_evaluation_seconds", "Time of one gate evaluation", &["gate"], SECONDS)?,
+            ledger_commit_seconds: histogram("ledger_commit_seconds", "Time of one ledger group commit", &[], SECONDS)?,
+            ledger_batch_entries: histogram("ledger_batch_entries", "Entries per ledger group commit", &[], &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])?,
+            queued,
+            errors: counter("errors_total", "Error responses by code", &["code"])?,
+            feedback: counter(
+                "feedback_total",
+                "Feedback and review verdicts on answers, by system, tier served, escalation and correctness",
+                &["system", "tier_served", "escalated", "correct"],
+            )?,
+            registry,
+        })
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> anyhow::Result<String> {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
+        Ok(String::from_utf8(buffer)?)
+    }
+}

@@ -1,0 +1,114 @@
+//! Human review, feedback and metrics.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, spawn_app, user_message};
+
+async fn post(app: &TestApp, token: &str, path: &str, body: Value) -> reqwest::Response {
+    app.client.post(format!("{}{path}", app.address)).bearer_auth(token).json(&body).send().await.unwrap()
+}
+
+async fn json_of(response: reqwest::Response) -> Value {
+    response.json().await.expect("a JSON body")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_answer_waits_in_the_review_queue_until_a_reviewer_records_a_verdict() {
+    let app = spawn_app().await;
+    let reviewer = app.issue_key(json!({"subject": "rita", "roles": ["reviewer"]})).await;
+    let held = json_of(app.chat(user_message("always-review", "Explain quantum gravity.")).await).await;
+    let index = held["tiergate"]["ledger_index"].as_u64().unwrap();
+    let answer = held["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
+
+    let queue = json_of(app.get_with(&reviewer, "/v1/reviews").await).await;
+    let item = &queue["items"][0];
+    assert_eq!(item["ledger_index"], index);
+    assert_eq!(item["answer"], answer.as_str());
+    assert_eq!(item["messages"][0]["content"], "Explain quantum gravity.");
+    assert_eq!(item["status"], "pending");
+
+    let verdict = format!("/v1/reviews/{index}/verdict");
+    let missing_correction = post(&app, &reviewer, &verdict, json!({"verdict": "correct"})).await;
+    assert_eq!(missing_correction.status(), 422);
+    assert_eq!(post(&app, &app.auditor_token, &verdict, json!({"verdict": "approve"})).await.status(), 403, "auditors only read");
+    let recorded = post(&app, &reviewer, &verdict, json!({"verdict": "correct", "correction": "Nobody knows yet.", "comment": "overclaims"})).await;
+    assert_eq!(recorded.status(), 200);
+    let verdict_index = json_of(recorded).await["ledger_index"].as_u64().unwrap();
+    assert_eq!(post(&app, &reviewer, &verdict, json!({"verdict": "approve"})).await.status(), 409, "one verdict per answer");
+
+    let entry = app.ledger_entry(verdict_index).await;
+    assert_eq!(entry["type"], "review");
+    assert_eq!(entry["subject"]["ledger_index"], index);
+    assert_eq!(entry["verdict"], "corrected");
+    assert_eq!(entry["correct"], false);
+    assert_eq!(entry["reviewer"]["id"], "rita");
+    assert!(entry["correction_sha256"].is_string());
+    let decided = json_of(app.get_with(&reviewer, &format!("/v1/reviews/{index}")).await).await;
+    assert_eq!((decided["status"].as_str(), decided["verdict_index"].as_u64()), (Some("corrected"), Some(verdict_index)));
+    assert_eq!(json_of(app.get_with(&reviewer, "/v1/reviews").await).await["items"], json!([]), "nothing pending");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn feedback_on_an_answer_is_a_ledger_entry_citing_it() {
+    let app = spawn_app().await;
+    let served = json_of(app.chat(user_message("always-small", "Name a colour.")).await).await;
+    let index = served["tiergate"]["ledger_index"].as_u64().unwrap();
+    let request_id = served["tiergate"]["request_id"].as_str().unwrap().to_owned();
+
+    let by_index = post(&app, &app.app_token, "/v1/feedback", json!({"ledger_index": index, "correct": true, "rating": 5})).await;
+    let by_request = post(&app, &app.app_token, "/v1/feedback", json!({"request_id": request_id, "correct": false, "comment": "not a colour"})).await;
+
+    assert_eq!(by_index.status(), 200);
+    let entry = app.ledger_entry(json_of(by_index).await["ledger_index"].as_u64().unwrap()).await;
+    assert_eq!((entry["type"].as_str(), entry["correct"].as_bool(), entry["rating"].as_u64()), (Some("feedback"), Some(true), Some(5)));
+    assert_eq!(entry["subject"]["ledger_index"], index);
+    assert_eq!(entry["served_tier"], 0);
+    assert_eq!(by_request.status(), 200);
+    let entry = app.ledger_entry(json_of(by_request).await["ledger_index"].as_u64().unwrap()).await;
+    assert_eq!(entry["subject"]["ledger_index"], index);
+    let bad: Vec<(Value, u16)> = vec![
+        (json!({"ledger_index": 999, "correct": true}), 404),
+        (json!({"request_id": "nope", "correct": true}), 404),
+        (json!({"ledger_index": index, "request_id": request_id, "correct": true}), 422),
+        (json!({"ledger_index": index, "correct": true, "rating": 9}), 422),
+        (json!({"ledger_index": index}), 422),
+    ];
+    for (body, status) in bad {
+        assert_eq!(post(&app, &app.app_token, "/v1/feedback", body.clone()).await.status().as_u16(), status, "{body}");
+    }
+}
+
+fn sample(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_escalations_latency_tokens_ledger_commits_and_errors() {
+    let app = spawn_app().await;
+    assert_eq!(app.chat(user_message("always-small", "Hi")).await.status(), 200);
+    assert_eq!(app.chat(user_message("escalate-once", "Hi")).await.status(), 200);
+    assert_eq!(app.chat(user_message("no-such-system", "Hi")).await.status(), 404);
+    let served = json_of(app.chat(user_message("always-small", "Name a colour.")).await).await;
+    let index = served["tiergate"]["ledger_index"].as_u64().unwrap();
+    assert_eq!(post(&app, &app.app_token, "/v1/feedback", json!({"ledger_index": index, "correct": true})).await.status(), 200);
+
+    let response = app.get("/metrics").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = response.text().await.unwrap();
+
+    assert_eq!(sample(&text, r#"tiergate_requests_total{outcome="served",system="always-small",tier_served="0"}"#), Some(2.0), "{text}");
+    assert_eq!(sample(&text, r#"tiergate_requests_escalated_total{system="escalate-once"}"#), Some(1.0));
+    assert_eq!(sample(&text, r#"tiergate_requests_contained_total{system="always-small"}"#), Some(2.0));
+    assert_eq!(sample(&text, r#"tiergate_request_duration_seconds_count{system="always-small"}"#), Some(2.0));
+    assert_eq!(sample(&text, r#"tiergate_tier_duration_seconds_count{system="escalate-once",tier="1"}"#), Some(1.0));
+    assert!(sample(&text, r#"tiergate_tokens_total{kind="completion",system="always-small",tier="0"}"#).unwrap() > 0.0);
+    assert!(sample(&text, r#"tiergate_policy_evaluation_seconds_count{gate="accept"}"#).unwrap() >= 4.0);
+    assert!(sample(&text, "tiergate_ledger_commit_seconds_count").unwrap() >= 4.0);
+    assert!(sample(&text, "tiergate_ledger_batch_entries_sum").unwrap() >= 4.0);
+    assert_eq!(sample(&text, r#"tiergate_errors_total{code="unknown_system"}"#), Some(1.0));
+    assert_eq!(sample(&text, r#"tiergate_feedback_total{correct="true",escalated="false",system="always-small",tier_served="0"}"#), Some(1.0));
+    assert_eq!(sample(&text, r#"tiergate_tier_queued_requests{system="always-small",tier="0"}"#), Some(0.0));
+    assert!(text.contains("tiergate_gateway_overhead_seconds_bucket"));
+    assert_eq!(app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().status(), 401, "metrics need a key");
+}
