@@ -16,7 +16,8 @@ CREATE TABLE artifact_versions (
 );
 CREATE INDEX artifact_versions_digest ON artifact_versions (digest);
 
-CREATE FUNCTION tiergate_refuse(message TEXT) RETURNS trigger LANGUAGE plpgsql AS $$
+-- Trigger functions take no declared arguments: the message comes in TG_ARGV.
+CREATE FUNCTION tiergate_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION '%', TG_ARGV[0];
 END;

@@ -40,6 +40,9 @@ pub struct LedgerRow {
     pub entry: String,
 }
 
+/// The advisory lock every writing transaction holds on PostgreSQL ("tiergate" in ASCII).
+const WRITE_LOCK_KEY: i64 = 0x7469_6572_6761_7465;
+
 impl Store {
     pub async fn begin(&self) -> anyhow::Result<Transaction<'static, Any>> {
         self.pool.begin().await.context("starting transaction")
@@ -47,13 +50,22 @@ impl Store {
 
     /// A transaction that will write. On SQLite it takes the write lock up front (waiting up to
     /// the busy timeout): a deferred transaction that reads first and then writes fails at once
-    /// with SQLITE_BUSY when another writer got in between.
+    /// with SQLITE_BUSY when another writer got in between. On PostgreSQL it takes a
+    /// transaction-scoped advisory lock, so that writers in other processes (replicas) are
+    /// serialised too: ledger indexes and version numbers are read, then written, under it.
     pub async fn begin_write(&self) -> anyhow::Result<Transaction<'static, Any>> {
         match self.backend {
-            super::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            super::Backend::Postgres => self.pool.begin().await,
+            super::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.context("starting write transaction"),
+            super::Backend::Postgres => {
+                let mut tx = self.pool.begin().await.context("starting write transaction")?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(WRITE_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .context("taking the write lock")?;
+                Ok(tx)
+            }
         }
-        .context("starting write transaction")
     }
 
     /// Number of entries (= next index), read inside the appending transaction.

@@ -9,5 +9,6 @@ mod ledger;
 mod observability;
 mod operations;
 mod policies;
+mod postgres;
 mod registry;
 mod startup;
