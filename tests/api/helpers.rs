@@ -9,6 +9,62 @@ use serde_json::{Value, json};
 use tiergate::{config::Settings, startup::Application, store::Store, telemetry};
 use tokio::sync::Mutex;
 
+/// The database backend a test binary runs the suite on (`crate::BACKEND`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+const POSTGRES_SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// A fresh PostgreSQL database on the local server, dropped (with its connections) when this
+/// goes away, so every test has its own and leaves nothing behind.
+pub struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    pub async fn create() -> PgDatabase {
+        let name = format!("tiergate_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = Store::connect(&format!("{POSTGRES_SERVER}/test")).await.expect("PostgreSQL runs on 127.0.0.1:5432 (see .ci/run)");
+        // The name is generated above from a UUID: nothing from outside reaches this statement.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(admin.pool()).await.unwrap();
+        PgDatabase { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{POSTGRES_SERVER}/{}", self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async move {
+                let admin = Store::connect(&format!("{POSTGRES_SERVER}/test")).await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))).execute(admin.pool()).await?;
+                anyhow::Ok(())
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop test database {}: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// Removes the trigger that refuses `UPDATE` (or `DELETE`) on ledger rows, as an attacker with
+/// database access could; the trigger layout differs per backend.
+pub async fn drop_ledger_guard(store: &Store, operation: &str) {
+    let statement = match crate::BACKEND {
+        Backend::Sqlite => format!("DROP TRIGGER ledger_entries_are_append_only_{operation}"),
+        Backend::Postgres => "DROP TRIGGER IF EXISTS ledger_entries_are_append_only ON ledger_entries".to_owned(),
+    };
+    sqlx::query(sqlx::AssertSqlSafe(statement)).execute(store.pool()).await.unwrap();
+}
+
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
@@ -21,6 +77,8 @@ pub struct TestApp {
     pub auditor_token: String,
     /// Keys of people by subject (author + approver + auditor), issued on first use.
     people: Mutex<HashMap<String, String>>,
+    /// The test's own PostgreSQL database, when the suite runs on PostgreSQL.
+    _database: Option<PgDatabase>,
 }
 
 fn repo(path: &str) -> PathBuf {
@@ -46,10 +104,18 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(test_settings()).await
 }
 
-pub async fn spawn_app_with(settings: Settings) -> TestApp {
+pub async fn spawn_app_with(mut settings: Settings) -> TestApp {
     if std::env::var_os("TEST_LOG").is_some() {
         telemetry::init();
     }
+    let database = match (crate::BACKEND, &settings.database_url) {
+        (Backend::Postgres, None) => {
+            let database = PgDatabase::create().await;
+            settings.database_url = Some(database.url());
+            Some(database)
+        }
+        _ => None,
+    };
     let app = Application::build(settings.clone()).await.expect("the application builds");
     let address = format!("http://{}", app.address());
     tokio::spawn(app.run_until_stopped());
@@ -62,6 +128,7 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         app_token: String::new(),
         auditor_token: String::new(),
         people: Mutex::new(HashMap::new()),
+        _database: database,
     };
     app.app_token = app.issue_key(json!({"subject": "test-app", "roles": ["app"]})).await;
     app.auditor_token = app.issue_key(json!({"subject": "test-auditor", "roles": ["auditor"]})).await;
