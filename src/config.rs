@@ -46,6 +46,9 @@ pub struct Settings {
     pub breaker_open_s: u64,
     /// Time limit of a remote tier call when the system card sets no SLA.
     pub remote_timeout_ms: u64,
+    /// How often each replica re-reads the active systems and shadows from the database, so
+    /// that a change made through another replica takes effect here (0 = never).
+    pub registry_sync_interval_ms: u64,
 }
 
 impl Default for Settings {
@@ -69,6 +72,7 @@ impl Default for Settings {
             breaker_failures: 3,
             breaker_open_s: 30,
             remote_timeout_ms: 30_000,
+            registry_sync_interval_ms: 2_000,
         }
     }
 }

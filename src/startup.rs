@@ -14,7 +14,7 @@ use crate::{
     config::Settings,
     ledger::{CheckpointSigner, Ledger},
     metrics::Metrics,
-    registry::{ArtifactRef, Registry, seed_shipped},
+    registry::{ArtifactKind, ArtifactRef, Registry, seed_shipped},
     routing::{GuardLimits, LoaderSettings, Router, SystemLoader},
     store::Store,
     telemetry::request_id_middleware,
@@ -67,6 +67,10 @@ impl Application {
             let policy = ArtifactRef { id: shadow.policy_id, version: shadow.policy_version };
             let compiled = loader.policy(&policy).await.with_context(|| format!("shadow policy {policy} of {}", shadow.system_id))?;
             router.set_shadow(&shadow.system_id, Some(compiled));
+        }
+        if settings.registry_sync_interval_ms > 0 {
+            let every = Duration::from_millis(settings.registry_sync_interval_ms);
+            tokio::spawn(sync_with_registry(Arc::downgrade(&router), registry.clone(), store.clone(), loader.clone(), every));
         }
         let access = Arc::new(Access::new(store.clone(), settings.rate_limit_per_minute));
         let bootstrap_key = bootstrap_admin(&access, settings.bootstrap_admin_key.as_deref()).await?;
@@ -134,6 +138,45 @@ pub async fn bootstrap_admin(access: &Access, supplied: Option<&str>) -> anyhow:
     let (key, token) = access.issue(&admin, "bootstrap", &api::now()).await?;
     tracing::info!(key_id = %key.key_id, "no API key existed: created the first admin key");
     Ok(Some(token))
+}
+
+/// Keeps this replica serving what the registry says is active: an activation, rollback or
+/// shadow change made through another replica (or this one) is picked up within one interval.
+/// Runs until the router is gone.
+async fn sync_with_registry(router: std::sync::Weak<Router>, registry: Registry, store: Store, loader: Arc<SystemLoader>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(router) = router.upgrade() else { return };
+        if let Err(error) = sync_once(&router, &registry, &store, &loader).await {
+            tracing::warn!(error = ?error, "syncing with the registry failed; retrying at the next tick");
+        }
+    }
+}
+
+async fn sync_once(router: &Router, registry: &Registry, store: &Store, loader: &SystemLoader) -> anyhow::Result<()> {
+    for version in registry.active(ArtifactKind::SystemCard).await? {
+        if router.serving(&version.reference.id).as_ref() != Some(&version.reference) {
+            match loader.load(&version).await {
+                Ok(route) => router.install(route),
+                Err(error) => tracing::warn!(system = %version.reference, error = ?error, "active system cannot be loaded; keeping the one serving"),
+            }
+        }
+    }
+    let shadows = store.system_shadows().await?;
+    for system in router.system_ids() {
+        let wanted = shadows.iter().find(|s| s.system_id == system).map(|s| ArtifactRef { id: s.policy_id.clone(), version: s.policy_version });
+        let current = router.shadow(&system).map(|bundle| bundle.reference.clone());
+        if wanted != current {
+            let bundle = match &wanted {
+                Some(policy) => Some(loader.policy(policy).await?),
+                None => None,
+            };
+            router.set_shadow(&system, bundle);
+        }
+    }
+    Ok(())
 }
 
 /// Signs and publishes a checkpoint on a schedule (the first at start-up), for as long as the

@@ -45,6 +45,10 @@ async fn each_role_reaches_its_endpoint_groups_and_no_others() {
         ("registry approve", "POST", "/v1/registry/model-cards/smollm2-135m-instruct/versions/1/approve", None, &["approver"]),
         ("policy dry-run", "POST", "/v1/registry/policies/tiergate-default/versions/1/evaluate", Some(json!({"gate": "route", "input": {}})), &["author", "approver", "auditor"]),
         ("key management", "GET", "/v1/keys", None, &["admin"]),
+        ("review queue", "GET", "/v1/reviews", None, &["reviewer", "auditor"]),
+        ("review verdict", "POST", "/v1/reviews/999999/verdict", Some(json!({"verdict": "approve"})), &["reviewer"]),
+        ("feedback", "POST", "/v1/feedback", Some(json!({"ledger_index": 999999, "correct": true})), &["app", "reviewer"]),
+        ("metrics", "GET", "/metrics", None, &["auditor", "admin"]),
         ("own key", "GET", "/v1/keys/me", None, &["admin", "author", "approver", "app", "reviewer", "auditor"]),
     ];
 
