@@ -41,14 +41,12 @@ pub fn export_entries(export: &str) -> impl Iterator<Item = Value> + '_ {
     })
 }
 
-/// Splits a format-2 line into the entry's exact bytes and the recorded leaf. The line must be
-/// exactly `{"entry":` ‖ canonical entry ‖ `,"leaf_hash":"` ‖ 64 lower-case hex ‖ `"}`, which is
-/// the canonical encoding of that two-member object; checking the parts this way costs no more
-/// than checking the entry alone.
-fn split_entry_line(line: &str, index: u64) -> Result<(&str, Hash, Value), ExportError> {
-    let line_number = index + 2;
+/// Splits a format-2 line into the entry's exact bytes and the recorded leaf, by its fixed
+/// shape: `{"entry":` ‖ entry ‖ `,"leaf_hash":"` ‖ 64 lower-case hex ‖ `"}`. Only string
+/// operations: whether the entry is JSON is [`checked_entry`]'s question.
+fn split_entry_line(line: &str, index: u64) -> Result<(&str, Hash), ExportError> {
     let malformed = || ExportError::NotJson {
-        line: line_number,
+        line: index + 2,
         message: "expected {\"entry\":<canonical entry>,\"leaf_hash\":\"<64 lower-case hex>\"}".into(),
     };
     let rest = line.strip_prefix(ENTRY_PREFIX).ok_or_else(malformed)?;
@@ -62,12 +60,38 @@ fn split_entry_line(line: &str, index: u64) -> Result<(&str, Hash, Value), Expor
         .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
         .map(Hash)
         .ok_or_else(malformed)?;
-    let value: Value =
-        serde_json::from_str(entry).map_err(|e| ExportError::NotJson { line: line_number, message: e.to_string() })?;
-    if to_canonical_bytes(&value) != entry.as_bytes() {
+    Ok((entry, recorded))
+}
+
+/// The entry bytes of one line, in either format.
+fn entry_bytes(line: &str, index: u64, wrapped: bool) -> Result<(&str, Option<Hash>), ExportError> {
+    if wrapped {
+        split_entry_line(line, index).map(|(entry, recorded)| (entry, Some(recorded)))
+    } else {
+        Ok((line, None))
+    }
+}
+
+/// The per-entry checks that name what is wrong with one entry: it is JSON, in canonical form
+/// (so it was not edited by hand) and claims its own position (so none was removed, added or
+/// moved before it).
+fn checked_entry(bytes: &str, index: u64) -> Result<(), ExportError> {
+    let line = index + 2;
+    let entry: Value = serde_json::from_str(bytes).map_err(|e| ExportError::NotJson { line, message: e.to_string() })?;
+    match entry.get("index").and_then(Value::as_u64) {
+        Some(claimed) if claimed == index => {}
+        other => {
+            return Err(ExportError::Index {
+                line,
+                claimed: other.map_or_else(|| "none".into(), |c| c.to_string()),
+                expected: index,
+            });
+        }
+    }
+    if to_canonical_bytes(&entry) != bytes.as_bytes() {
         return Err(ExportError::NotCanonical { index });
     }
-    Ok((entry, recorded, value))
+    Ok(())
 }
 
 /// Why an export failed verification; the first problem found, as precisely as it can be named.
@@ -124,49 +148,29 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
     let (size, signed_root) =
         verify_checkpoint(note, verifier_key).map_err(|e| ExportError::Checkpoint(format!("{e:#}")))?;
 
+    // Hash first: entries whose leaves hash to the signed root are exactly the entries that
+    // were signed, so the per-entry checks, which only serve to name what went wrong, run when
+    // the root does not match. This keeps verification at hashing speed.
     let mut hashes = MemoryHashes::default();
-    let mut recorded_leaves = Vec::new();
     let mut count = 0u64;
     for (position, line) in lines.enumerate() {
         let index = position as u64;
-        let line_number = index + 2;
-        let (bytes, entry) = if wrapped {
-            let (bytes, recorded, entry) = split_entry_line(line, index)?;
-            recorded_leaves.push(recorded);
-            (bytes, entry)
-        } else {
-            let entry: Value = serde_json::from_str(line)
-                .map_err(|e| ExportError::NotJson { line: line_number, message: e.to_string() })?;
-            (line, entry)
+        let Ok((bytes, _)) = entry_bytes(line, index, wrapped) else {
+            return Err(diagnose(export, wrapped, size, signed_root, None));
         };
-        match entry.get("index").and_then(Value::as_u64) {
-            Some(claimed) if claimed == index => {}
-            other => {
-                return Err(ExportError::Index {
-                    line: line_number,
-                    claimed: other.map_or_else(|| "none".into(), |c| c.to_string()),
-                    expected: index,
-                });
-            }
-        }
-        // A format-2 line was checked canonical as a whole, entry included.
-        if !wrapped && to_canonical_bytes(&entry) != bytes.as_bytes() {
-            return Err(ExportError::NotCanonical { index });
-        }
         let new = stored_hashes(index, bytes.as_bytes(), &hashes).map_err(|e| ExportError::Header(e.to_string()))?;
         hashes.0.extend(new);
         count += 1;
     }
-    if count != size {
-        return Err(ExportError::Count { expected: size, actual: count });
-    }
-    let computed = tree_hash(size, &hashes).map_err(|e| ExportError::Header(e.to_string()))?;
-    if computed != signed_root {
-        if let Some(index) = first_altered(export, &recorded_leaves, size, signed_root)? {
-            return Err(ExportError::Altered { index });
-        }
-        return Err(ExportError::Root { computed: hex::encode(computed.0), signed: hex::encode(signed_root.0) });
-    }
+    let computed = if count == size {
+        Some(tree_hash(size, &hashes).map_err(|e| ExportError::Header(e.to_string()))?)
+    } else {
+        None
+    };
+    let computed = match computed {
+        Some(computed) if computed == signed_root => computed,
+        computed => return Err(diagnose(export, wrapped, size, signed_root, computed)),
+    };
     if let Some(earlier) = earlier {
         let (earlier_size, earlier_root) =
             verify_checkpoint(earlier, verifier_key).map_err(|e| ExportError::EarlierCheckpoint(format!("{e:#}")))?;
@@ -187,6 +191,37 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
     Ok(VerifiedExport { tree_size: size, root_hash: hex::encode(computed.0) })
 }
 
+/// Names the first problem of an export whose entries do not hash to the signed root: a
+/// malformed, moved or hand-edited entry, a wrong count, then (format 2) the entry that no
+/// longer matches its recorded leaf, and failing all else the root mismatch itself.
+fn diagnose(export: &str, wrapped: bool, size: u64, signed_root: Hash, computed: Option<Hash>) -> ExportError {
+    let mut recorded = Vec::new();
+    let mut count = 0u64;
+    for (position, line) in export.lines().skip(1).enumerate() {
+        let index = position as u64;
+        let checked = entry_bytes(line, index, wrapped).and_then(|(bytes, leaf)| {
+            checked_entry(bytes, index)?;
+            Ok(leaf)
+        });
+        match checked {
+            Ok(leaf) => recorded.extend(leaf),
+            Err(error) => return error,
+        }
+        count += 1;
+    }
+    if count != size {
+        return ExportError::Count { expected: size, actual: count };
+    }
+    match first_altered(export, &recorded, size, signed_root) {
+        Ok(Some(index)) => ExportError::Altered { index },
+        Err(error) => error,
+        Ok(None) => ExportError::Root {
+            computed: computed.map_or_else(String::new, |c| hex::encode(c.0)),
+            signed: hex::encode(signed_root.0),
+        },
+    }
+}
+
 /// When the recorded leaves hash to the signed root, they are the leaves as written, so the
 /// first entry whose recomputed leaf differs is the altered one. Otherwise nothing is named.
 fn first_altered(export: &str, recorded: &[Hash], size: u64, signed_root: Hash) -> Result<Option<u64>, ExportError> {
@@ -202,7 +237,7 @@ fn first_altered(export: &str, recorded: &[Hash], size: u64, signed_root: Hash) 
         return Ok(None);
     }
     for (index, (line, leaf)) in export.lines().skip(1).zip(recorded).enumerate() {
-        let (entry, _, _) = split_entry_line(line, index as u64)?;
+        let (entry, _) = split_entry_line(line, index as u64)?;
         if record_hash(entry.as_bytes()) != *leaf {
             return Ok(Some(index as u64));
         }
