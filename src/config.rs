@@ -29,7 +29,8 @@ pub struct Settings {
     pub policy_eval_timeout_ms: u64,
     /// Name of this log in its signed checkpoints (C2SP origin line and key name).
     pub ledger_origin: String,
-    /// How often a checkpoint of the ledger is signed and published (0 = only on demand).
+    /// How often a checkpoint of the ledger is signed and published (0 = only on demand). With
+    /// several replicas, one signs at a time: the holder of a lease of three intervals.
     pub checkpoint_interval_s: u64,
     /// An admin API key (`tg_<16 hex>.<secret>`) to install at start-up, for automated
     /// deployments; without it the first start creates one and prints it once.
@@ -49,6 +50,9 @@ pub struct Settings {
     /// How often each replica re-reads the active systems and shadows from the database, so
     /// that a change made through another replica takes effect here (0 = never).
     pub registry_sync_interval_ms: u64,
+    /// This replica's name in the database (checkpoint lease, `published_by`); default: the
+    /// process id and a random suffix, new on every start.
+    pub replica_id: Option<String>,
 }
 
 impl Default for Settings {
@@ -73,6 +77,7 @@ impl Default for Settings {
             breaker_open_s: 30,
             remote_timeout_ms: 30_000,
             registry_sync_interval_ms: 2_000,
+            replica_id: None,
         }
     }
 }

@@ -58,7 +58,12 @@ impl Application {
         let signer = CheckpointSigner::load_or_create(&settings.data_dir.join(LEDGER_KEY_FILE), &settings.ledger_origin)?;
         tracing::info!(public_key = %signer.verifier_key, "ledger checkpoints are signed with this key");
         let metrics = Arc::new(Metrics::new()?);
-        let ledger = Arc::new(Ledger::new(store.clone(), signer).with_metrics(metrics.clone()));
+        let mut ledger = Ledger::new(store.clone(), signer).with_metrics(metrics.clone());
+        if let Some(replica) = &settings.replica_id {
+            ledger = ledger.with_replica(replica.clone());
+        }
+        tracing::info!(replica = %ledger.replica(), "replica name in the database");
+        let ledger = Arc::new(ledger);
         if settings.checkpoint_interval_s > 0 {
             tokio::spawn(publish_checkpoints(ledger.clone(), Duration::from_secs(settings.checkpoint_interval_s)));
         }
@@ -180,16 +185,24 @@ async fn sync_once(router: &Router, registry: &Registry, store: &Store, loader: 
 }
 
 /// Signs and publishes a checkpoint on a schedule (the first at start-up), for as long as the
-/// ledger is in use. A failure is logged and retried at the next tick.
+/// ledger is in use, while this replica holds the checkpoint lease. The lease lasts three
+/// intervals, so if the leader dies another replica signs within about three intervals. A
+/// failure is logged and retried at the next tick.
 async fn publish_checkpoints(ledger: Arc<Ledger>, every: Duration) {
     let mut ticks = tokio::time::interval(every);
+    let mut leading = false;
     loop {
         ticks.tick().await;
         if Arc::strong_count(&ledger) == 1 {
             return; // the application is gone
         }
-        if let Err(error) = ledger.publish_checkpoint().await {
-            tracing::warn!(error = ?error, "publishing a ledger checkpoint failed");
+        match ledger.publish_checkpoint_if_leader(every * 3).await {
+            Ok(now_leading) if now_leading != leading => {
+                leading = now_leading;
+                tracing::info!(replica = %ledger.replica(), leading, "checkpoint signing leadership changed");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = ?error, "publishing a ledger checkpoint failed"),
         }
     }
 }

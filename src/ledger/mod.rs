@@ -56,6 +56,9 @@ pub struct Ledger {
     queue: Mutex<Vec<Pending>>,
     signer: CheckpointSigner,
     metrics: Option<Arc<Metrics>>,
+    /// This process's name among the replicas sharing the database: it signs the checkpoints
+    /// it publishes under it and holds the checkpoint lease by it.
+    replica: String,
 }
 
 #[derive(Debug)]
@@ -104,6 +107,8 @@ pub struct PublishedCheckpoint {
     pub time: String,
     /// The C2SP signed note.
     pub checkpoint: String,
+    /// The replica that signed it (absent for checkpoints from before this was recorded).
+    pub published_by: Option<String>,
 }
 
 /// One entry as listed to an auditor (also the API body).
@@ -128,7 +133,35 @@ pub struct LedgerRecord {
 
 impl Ledger {
     pub fn new(store: Store, signer: CheckpointSigner) -> Ledger {
-        Ledger { store, append_lock: Arc::new(tokio::sync::Mutex::new(())), queue: Mutex::new(Vec::new()), signer, metrics: None }
+        Ledger {
+            store,
+            append_lock: Arc::new(tokio::sync::Mutex::new(())),
+            queue: Mutex::new(Vec::new()),
+            signer,
+            metrics: None,
+            replica: format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+        }
+    }
+
+    /// Names this replica (default: process id and a random suffix, unique per start).
+    pub fn with_replica(mut self, replica: String) -> Ledger {
+        self.replica = replica;
+        self
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Publishes a checkpoint if this replica holds (or can take) the checkpoint lease, so
+    /// that one replica at a time signs on the schedule. Returns whether it is the leader.
+    pub async fn publish_checkpoint_if_leader(&self, lease: std::time::Duration) -> anyhow::Result<bool> {
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+        if !self.store.claim_checkpoint_lease(&self.replica, lease_ms).await? {
+            return Ok(false);
+        }
+        self.publish_checkpoint().await?;
+        Ok(true)
     }
 
     /// Records commit times and batch sizes in `metrics`.
@@ -157,7 +190,7 @@ impl Ledger {
             return Ok(None);
         }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-        self.store.ledger_insert_checkpoint(size as i64, &now, &note).await?;
+        self.store.ledger_insert_checkpoint(size as i64, &now, &note, &self.replica).await?;
         Ok(Some((size, note)))
     }
 
@@ -168,7 +201,12 @@ impl Ledger {
             .ledger_checkpoints(limit)
             .await?
             .into_iter()
-            .map(|(size, time, note)| PublishedCheckpoint { tree_size: size as u64, time, checkpoint: note })
+            .map(|stored| PublishedCheckpoint {
+                tree_size: stored.tree_size as u64,
+                time: stored.created_at,
+                checkpoint: stored.note,
+                published_by: stored.published_by,
+            })
             .collect())
     }
 

@@ -40,6 +40,16 @@ pub struct LedgerRow {
     pub entry: String,
 }
 
+/// A published checkpoint as stored.
+#[derive(Debug, Clone)]
+pub struct StoredCheckpoint {
+    pub tree_size: i64,
+    pub created_at: String,
+    pub note: String,
+    /// The replica that signed it; `None` for checkpoints published before this was kept.
+    pub published_by: Option<String>,
+}
+
 /// The advisory lock every writing transaction holds on PostgreSQL ("tiergate" in ASCII).
 const WRITE_LOCK_KEY: i64 = 0x7469_6572_6761_7465;
 
@@ -224,34 +234,80 @@ impl Store {
             .context("decoding ledger rows")
     }
 
-    /// Stores a published checkpoint; one per tree size (a second for the same size is ignored).
-    pub async fn ledger_insert_checkpoint(&self, tree_size: i64, created_at: &str, note: &str) -> anyhow::Result<()> {
+    /// Stores a published checkpoint and the replica that signed it; one per tree size (a
+    /// second for the same size is ignored).
+    pub async fn ledger_insert_checkpoint(&self, tree_size: i64, created_at: &str, note: &str, published_by: &str) -> anyhow::Result<()> {
         sqlx::query(
-            "INSERT INTO ledger_checkpoints (tree_size, created_at, note) VALUES ($1, $2, $3)
+            "INSERT INTO ledger_checkpoints (tree_size, created_at, note, published_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tree_size) DO NOTHING",
         )
         .bind(tree_size)
         .bind(created_at)
         .bind(note)
+        .bind(published_by)
         .execute(&self.pool)
         .await
         .context("storing checkpoint")?;
         Ok(())
     }
 
-    /// Published checkpoints, newest first: (tree size, time, signed note).
-    pub async fn ledger_checkpoints(&self, limit: i64) -> anyhow::Result<Vec<(i64, String, String)>> {
+    /// Published checkpoints, newest first.
+    pub async fn ledger_checkpoints(&self, limit: i64) -> anyhow::Result<Vec<StoredCheckpoint>> {
         let rows = sqlx::query(
-            "SELECT tree_size, created_at, note FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT $1",
+            "SELECT tree_size, created_at, note, published_by FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(&self.pool)
         .await
         .context("reading checkpoints")?;
         rows.iter()
-            .map(|row| Ok((row.try_get("tree_size")?, row.try_get("created_at")?, row.try_get("note")?)))
+            .map(|row| {
+                Ok(StoredCheckpoint {
+                    tree_size: row.try_get("tree_size")?,
+                    created_at: row.try_get("created_at")?,
+                    note: row.try_get("note")?,
+                    published_by: row.try_get("published_by")?,
+                })
+            })
             .collect::<Result<_, sqlx::Error>>()
             .context("decoding checkpoints")
+    }
+
+    /// Takes or renews the lease that makes `replica` the one signing scheduled checkpoints.
+    /// True when `replica` holds it now: it held it already, or the last holder's lease ran
+    /// out. Times are the database's clock, so replicas' own clocks need not agree.
+    pub async fn claim_checkpoint_lease(&self, replica: &str, lease_ms: i64) -> anyhow::Result<bool> {
+        let now_ms = self.now_ms_sql();
+        let statement = format!(
+            "INSERT INTO checkpoint_leader (singleton, replica, lease_until_ms) VALUES (1, $1, {now_ms} + $2)
+             ON CONFLICT (singleton) DO UPDATE SET replica = excluded.replica, lease_until_ms = excluded.lease_until_ms
+             WHERE checkpoint_leader.replica = excluded.replica OR checkpoint_leader.lease_until_ms < {now_ms}"
+        );
+        // The only text spliced in is one of two fixed clock expressions.
+        let done = sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(replica)
+            .bind(lease_ms)
+            .execute(&self.pool)
+            .await
+            .context("claiming the checkpoint lease")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The replica that holds (or last held) the checkpoint lease.
+    pub async fn checkpoint_leader(&self) -> anyhow::Result<Option<String>> {
+        let row = sqlx::query("SELECT replica FROM checkpoint_leader WHERE singleton = 1")
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading the checkpoint leader")?;
+        row.map(|row| row.try_get("replica")).transpose().context("decoding the checkpoint leader")
+    }
+
+    /// The database's current time in milliseconds since the epoch, as an SQL expression.
+    fn now_ms_sql(&self) -> &'static str {
+        match self.backend {
+            super::Backend::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS BIGINT)",
+            super::Backend::Postgres => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        }
     }
 
     pub async fn ledger_count(&self) -> anyhow::Result<i64> {

@@ -10,6 +10,8 @@ use tiergate::{
 use crate::helpers::{Backend, drop_ledger_guard, spawn_app, user_message};
 
 const PACKAGED_WEIGHTS_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+/// The Q8_0 file derived from the packaged weights, which is what runs.
+const DERIVED_WEIGHTS_SHA256: &str = "4a197789e71f16d2a0c228684e98def3218e2e324488a5414d46605bf849023d";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_served_request_is_recorded_with_every_version_digest_and_decision() {
@@ -35,6 +37,7 @@ async fn a_served_request_is_recorded_with_every_version_digest_and_decision() {
         assert_eq!(attempt["tier"], tier);
         assert_eq!(attempt["model"]["digest"], model.digest.as_str());
         assert_eq!(attempt["model"]["weights_sha256"], PACKAGED_WEIGHTS_SHA256);
+        assert_eq!(attempt["model"]["loaded_weights_sha256"], DERIVED_WEIGHTS_SHA256);
         assert!(attempt["tokens"]["completion"].as_u64().unwrap() > 0);
         assert!(attempt["latency_ms"].as_f64().unwrap() > 0.0);
         // The accept gate's full input is kept, so the decision can be replayed later.
@@ -450,6 +453,7 @@ async fn checkpoints_are_published_on_a_schedule_and_on_demand_and_kept() {
     }
     assert_eq!(scheduled.len(), 1, "{scheduled:?}");
     assert_eq!(scheduled[0]["tree_size"], 1);
+    assert!(scheduled[0]["published_by"].as_str().is_some_and(|by| !by.is_empty()), "the signing replica is named: {scheduled:?}");
     assert_eq!(app.chat(user_message("always-small", "Two?")).await.status(), 200);
     let on_demand = app.get("/v1/ledger/checkpoint").await.text().await.unwrap();
 
@@ -464,6 +468,31 @@ async fn checkpoints_are_published_on_a_schedule_and_on_demand_and_kept() {
     let (export, _) = export_and_key(&app).await;
     let oldest = history.last().unwrap()["checkpoint"].as_str().unwrap();
     assert!(verify_export(&export, &key, Some(oldest)).is_ok(), "the log extends every published checkpoint");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_replica_at_a_time_holds_the_checkpoint_lease_until_it_runs_out() {
+    let mut settings = crate::helpers::test_settings();
+    settings.checkpoint_interval_s = 0; // no scheduler of its own competing for the lease
+    let app = crate::helpers::spawn_app_with(settings).await;
+    let store = app.store().await;
+    let lease_ms = 1500;
+
+    let first = store.claim_checkpoint_lease("replica-x", lease_ms).await.unwrap();
+    let second_while_held = store.claim_checkpoint_lease("replica-y", lease_ms).await.unwrap();
+    let first_renews = store.claim_checkpoint_lease("replica-x", lease_ms).await.unwrap();
+    let leader_before = store.checkpoint_leader().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(lease_ms as u64 + 200)).await;
+    let second_after_expiry = store.claim_checkpoint_lease("replica-y", lease_ms).await.unwrap();
+    let first_after_losing = store.claim_checkpoint_lease("replica-x", lease_ms).await.unwrap();
+
+    assert!(first, "an unheld lease is taken");
+    assert!(!second_while_held, "a held lease is not taken by another replica");
+    assert!(first_renews, "the holder renews its lease");
+    assert_eq!(leader_before.as_deref(), Some("replica-x"));
+    assert!(second_after_expiry, "an expired lease is taken over");
+    assert!(!first_after_losing, "the old holder does not get it back while the new one holds it");
+    assert_eq!(store.checkpoint_leader().await.unwrap().as_deref(), Some("replica-y"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

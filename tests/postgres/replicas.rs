@@ -48,3 +48,193 @@ async fn two_replicas_share_one_gap_free_ledger_and_see_each_others_activations(
     }
     assert_eq!(served_by_second, "always-small@2", "the second replica picked up the activation");
 }
+
+/// A `tiergate serve` process; killed (SIGKILL) when dropped, so a failing test leaves none.
+struct Replica {
+    name: String,
+    address: String,
+    child: std::process::Child,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary as replica `name` on `database_url`, sharing `data_dir` (and so the ledger
+/// signing key) with the other replicas, and waits until it listens.
+fn start_replica(name: &str, database_url: &str, data_dir: &std::path::Path, admin_key: &str) -> Replica {
+    use std::io::BufRead;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let config = data_dir.join(format!("{name}.yaml"));
+    let settings = serde_json::json!({
+        "bind": "127.0.0.1:0",
+        "data_dir": data_dir,
+        "database_url": database_url,
+        "cards_dirs": [repo.join("model-cards"), repo.join("tests/fixtures/cards")],
+        "policies_dir": repo.join("policies"),
+        "checkpoint_interval_s": 1,
+        "registry_sync_interval_ms": 500,
+        "replica_id": name,
+    });
+    // JSON is YAML.
+    std::fs::write(&config, settings.to_string()).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("TIERGATE_BOOTSTRAP_ADMIN_KEY", admin_key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(data_dir.join(format!("{name}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 && !line.starts_with("tiergate listening on ") {
+        line.clear();
+    }
+    let address = line.trim().strip_prefix("tiergate listening on ").unwrap_or_else(|| {
+        panic!("replica {name} did not start: {}", std::fs::read_to_string(data_dir.join(format!("{name}.log"))).unwrap_or_default())
+    });
+    Replica { name: name.to_owned(), address: address.to_owned(), child }
+}
+
+/// What one client request came to: the ledger index it was acknowledged with, or nothing.
+struct Outcome {
+    request_id: String,
+    replica: String,
+    acknowledged: Option<u64>,
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_killed_mid_load_lose_no_acknowledged_entry_and_the_log_still_verifies() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    };
+
+    let database = crate::helpers::PgDatabase::create().await;
+    let data_dir = std::env::temp_dir().join(format!("tiergate-replicas-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let admin_key = format!("tg_{}.{}", &uuid::Uuid::new_v4().simple().to_string()[..16], uuid::Uuid::new_v4().simple());
+    // One after the other: the first creates the schema and the shared signing key.
+    let mut replicas: Vec<Replica> =
+        ["replica-a", "replica-b", "replica-c"].iter().map(|name| start_replica(name, &database.url(), &data_dir, &admin_key)).collect();
+    let store = tiergate::store::Store::connect(&database.url()).await.unwrap();
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
+    let issued: Value = client
+        .post(format!("{}/v1/keys", replicas[1].address))
+        .bearer_auth(&admin_key)
+        .json(&serde_json::json!({"subject": "load", "roles": ["app", "auditor"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = issued["token"].as_str().unwrap().to_owned();
+
+    // Kill the replica that signs checkpoints, so that the kill also tests the hand-over.
+    let store = &store;
+    let leader = wait_for(move || async move { store.checkpoint_leader().await.unwrap() }).await.expect("a replica leads within 10 s");
+    let victim = replicas.iter().position(|r| r.name == leader).expect("the leader is one of the replicas");
+    let addresses: Vec<(String, String)> = replicas.iter().map(|r| (r.name.clone(), r.address.clone())).collect();
+
+    let acknowledged = Arc::new(AtomicUsize::new(0));
+    let clients = (0..6).map(|client_number| {
+        let (client, token, addresses, acknowledged) = (client.clone(), token.clone(), addresses.clone(), acknowledged.clone());
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for round in 0..6 {
+                let (replica, address) = &addresses[(client_number + round) % addresses.len()];
+                let request_id = format!("load-{client_number}-{round}");
+                let response = client
+                    .post(format!("{address}/v1/chat/completions"))
+                    .bearer_auth(&token)
+                    .header("x-request-id", &request_id)
+                    .json(&user_message("always-small", &format!("Count to {round}.")))
+                    .send()
+                    .await;
+                let index = match response {
+                    Ok(response) if response.status() == 200 => {
+                        let body: Value = response.json().await.unwrap_or_default();
+                        body["tiergate"]["ledger_index"].as_u64()
+                    }
+                    _ => None,
+                };
+                if index.is_some() {
+                    acknowledged.fetch_add(1, Ordering::SeqCst);
+                }
+                outcomes.push(Outcome { request_id, replica: replica.clone(), acknowledged: index });
+            }
+            outcomes
+        })
+    });
+    let clients: Vec<_> = clients.collect();
+    while acknowledged.load(Ordering::SeqCst) < 8 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    replicas[victim].child.kill().unwrap();
+    replicas[victim].child.wait().unwrap();
+    let outcomes: Vec<Outcome> = futures::future::join_all(clients).await.into_iter().flat_map(Result::unwrap).collect();
+
+    let survivor = &replicas[(victim + 1) % replicas.len()];
+    let export = client.get(format!("{}/v1/ledger/export", survivor.address)).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+    let key = client.get(format!("{}/v1/ledger/public-key", survivor.address)).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+    let verified = verify_export(&export, &key, None);
+    let written: std::collections::HashMap<String, u64> = tiergate::ledger::export_entries(&export)
+        .map(|entry| (entry["request_id"].as_str().unwrap().to_owned(), entry["index"].as_u64().unwrap()))
+        .collect();
+    // A new leader signs once the dead one's lease (three intervals) has run out.
+    let dead = leader.as_str();
+    let taken_over = wait_for(move || async move {
+        let checkpoints = store.ledger_checkpoints(100).await.unwrap();
+        checkpoints.into_iter().find(|c| c.published_by.as_deref().is_some_and(|by| by != dead && by.starts_with("replica-")))
+    })
+    .await;
+
+    eprintln!(
+        "killed {leader}; {} requests acknowledged ({} by it), {} lost, new signer {:?}",
+        outcomes.iter().filter(|o| o.acknowledged.is_some()).count(),
+        outcomes.iter().filter(|o| o.acknowledged.is_some() && o.replica == leader).count(),
+        outcomes.iter().filter(|o| o.acknowledged.is_none()).count(),
+        taken_over.as_ref().and_then(|c| c.published_by.clone()),
+    );
+    let verified = verified.expect("the log written by all replicas, one killed, verifies");
+    let acked: Vec<&Outcome> = outcomes.iter().filter(|o| o.acknowledged.is_some()).collect();
+    let mut indexes: Vec<u64> = acked.iter().filter_map(|o| o.acknowledged).collect();
+    indexes.sort();
+    indexes.dedup();
+    assert_eq!(indexes.len(), acked.len(), "no index acknowledged twice");
+    for outcome in &acked {
+        assert_eq!(written.get(&outcome.request_id), outcome.acknowledged.as_ref(), "{} acknowledged by {} is in the ledger at its index", outcome.request_id, outcome.replica);
+    }
+    assert!(acked.iter().any(|o| o.replica == leader), "the killed replica acknowledged requests before it died");
+    let lost: Vec<&Outcome> = outcomes.iter().filter(|o| o.acknowledged.is_none()).collect();
+    assert!(!lost.is_empty() && lost.iter().all(|o| o.replica == leader), "only requests to the killed replica failed");
+    // Entries beyond the acknowledged ones can only be requests the killed replica committed
+    // but could not answer.
+    for (request_id, _) in &written {
+        assert!(outcomes.iter().any(|o| &o.request_id == request_id), "unexpected entry {request_id}");
+    }
+    let unanswered = written.keys().filter(|id| lost.iter().any(|o| &o.request_id == *id)).count();
+    assert_eq!(verified.tree_size as usize, acked.len() + unanswered, "entries = acknowledged requests + committed-but-unanswered ones");
+    assert!(taken_over.is_some(), "another replica signs checkpoints after the leader died");
+}
+
+/// Polls `probe` every 100 ms for up to 10 s until it returns something.
+async fn wait_for<T, F, Fut>(probe: F) -> Option<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Some(found) = probe().await {
+            return Some(found);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    None
+}
