@@ -1,7 +1,13 @@
 //! Completion tokens/s of the packaged model through tiergate's mistral.rs runtime, on the same
 //! prompts, max tokens and greedy decoding as `../shared/bench/llama_cpp_baseline.py`.
 //!
-//! cargo run --example tokens_per_sec [-- --max-tokens 48 --rounds 3]
+//! cargo run --example tokens_per_sec [-- --max-tokens 48 --rounds 3 --weights loaded|source]
+//! cargo run --example tokens_per_sec -- --concurrency 1,4,8
+//!
+//! `--weights loaded` (default) runs the file tiergate serves (the card's derived Q8_0 copy);
+//! `source` runs the packaged Q4_1 file itself. `--concurrency` measures aggregate completion
+//! tokens/s with that many requests in flight at once on one loaded model (all five prompts,
+//! repeated, per level).
 //!
 //! Runs in the dev profile on purpose: dependencies are fully optimised there (see Cargo.toml),
 //! and it shares the one dependency build with `cargo run` and `cargo test`.
@@ -10,7 +16,7 @@ use std::time::Instant;
 
 use tiergate::{
     config::Settings,
-    inference::{DecodingProfile, MistralRuntime, Role, Turn, ensure_weights},
+    inference::{DecodingProfile, MistralRuntime, Role, Turn, ensure_runnable_weights, ensure_weights},
     registry::{ModelCard, parse_card},
 };
 
@@ -38,13 +44,42 @@ async fn main() -> anyhow::Result<()> {
     let card_text = std::fs::read_to_string("model-cards/smollm2-135m-instruct.yaml")?;
     let card: ModelCard = serde_json::from_value(parse_card(&card_text)?.document)?;
     let settings = Settings::default();
-    let path = ensure_weights(&card.weights.source, &card.weights.sha256, &settings.model_cache_dir, &settings.python)?;
+    let which = std::env::args().skip_while(|a| a != "--weights").nth(1).unwrap_or_else(|| "loaded".into());
+    let path = match which.as_str() {
+        "source" => ensure_weights(&card.weights.source, &card.weights.sha256, &settings.model_cache_dir, &settings.python)?,
+        _ => ensure_runnable_weights(&card.weights, &settings.model_cache_dir, &settings.python)?,
+    };
+    println!("{{\"weights\": {:?}}}", path.display().to_string());
     let load_started = Instant::now();
     let runtime = MistralRuntime::load(&path).await?;
     let load_s = load_started.elapsed().as_secs_f64();
     let decoding = DecodingProfile { max_tokens, temperature: 0.0, system_prompt: None };
     let turn = |text: &str| vec![Turn { role: Role::User, content: text.to_owned() }];
     runtime.generate(&turn("hi"), &DecodingProfile { max_tokens: 4, ..decoding.clone() }).await?; // warm-up
+
+    if let Some(levels) = std::env::args().skip_while(|a| a != "--concurrency").nth(1) {
+        for level in levels.split(',').filter_map(|l| l.parse::<usize>().ok()) {
+            let started = Instant::now();
+            let requests = (0..level.max(PROMPTS.len()) * 2).map(|i| {
+                let (runtime, decoding) = (runtime.clone(), decoding.clone());
+                async move { runtime.generate(&turn(PROMPTS[i % PROMPTS.len()]), &decoding).await }
+            });
+            // `level` in flight at a time, over at least two rounds of the prompts.
+            use futures::StreamExt;
+            let generations: Vec<_> = futures::stream::iter(requests).buffer_unordered(level).collect().await;
+            let seconds = started.elapsed().as_secs_f64();
+            let mut tokens = 0;
+            for generation in generations {
+                tokens += generation?.completion_tokens;
+            }
+            println!(
+                "{{\"concurrency\": {level}, \"requests\": {}, \"completion_tokens\": {tokens}, \"seconds\": {seconds:.3}, \"completion_tok_per_s\": {:.1}}}",
+                level.max(PROMPTS.len()) * 2,
+                tokens as f64 / seconds
+            );
+        }
+        return Ok(());
+    }
 
     let mut round_rates = Vec::new();
     for round in 0..rounds {

@@ -23,6 +23,9 @@ pub enum ApiError {
     NotFound(String),
     #[error("{message}")]
     PolicyDenied { message: String, ledger_index: Option<u64> },
+    /// The prompt is longer than the context of every model that tried it: 400.
+    #[error("{message}")]
+    ContextLengthExceeded { message: String, ledger_index: u64 },
     /// A document that does not parse: 400 with where.
     #[error("{message}")]
     Syntax { message: String, line: usize, column: usize },
@@ -62,6 +65,7 @@ impl ApiError {
             ApiError::UnknownSystem(_) => "unknown_system",
             ApiError::NotFound(_) => "not_found",
             ApiError::PolicyDenied { .. } => "policy_denied",
+            ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::Syntax { .. } => "syntax_error",
             ApiError::PolicyCompile(_) => "policy_compile_error",
             ApiError::SchemaViolations { .. } => "schema_violation",
@@ -151,7 +155,7 @@ pub struct TextLocation {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::Syntax { .. } => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_) | ApiError::Syntax { .. } | ApiError::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidRequest(_) | ApiError::SchemaViolations { .. } | ApiError::PolicyCompile(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -174,6 +178,7 @@ impl ResponseError for ApiError {
         }
         let ledger_index = match self {
             ApiError::PolicyDenied { ledger_index, .. } => *ledger_index,
+            ApiError::ContextLengthExceeded { ledger_index, .. } => Some(*ledger_index),
             _ => None,
         };
         let location = match self {

@@ -254,7 +254,7 @@ impl From<AttemptSummary> for AttemptView {
                 ("X-Request-Id" = String, description = "Request id (also in every log line)"),
             )),
         (status = 202, description = "Answer held for human review: returned flagged (`tiergate.review_required`) and queued for a reviewer", body = ChatCompletionResponse),
-        (status = 400, description = "Body is not valid JSON", body = ErrorBody),
+        (status = 400, description = "Body is not valid JSON, or (`context_length_exceeded`, recorded in the ledger) the prompt is longer than the context of every tier that tried it", body = ErrorBody),
         (status = 401, description = "No valid API key", body = ErrorBody),
         (status = 403, description = "Refused by policy (recorded in the ledger), or the key lacks the role or the system in its scopes", body = ErrorBody),
         (status = 404, description = "No active system card with this id", body = ErrorBody),
@@ -453,6 +453,21 @@ fn respond(
     metrics: &crate::metrics::Metrics,
 ) -> Result<HttpResponse, ApiError> {
     if routed.outcome == Outcome::Denied {
+        // Every tier that ran refused the prompt as too long: the request is at fault, and
+        // says so in OpenAI's terms. (Recorded in the ledger like any request that reached a tier.)
+        let too_long = routed.attempts.last().filter(|a| a.error_code == Some("context_length_exceeded"));
+        if let Some(attempt) = too_long {
+            return Err(ApiError::ContextLengthExceeded {
+                message: format!(
+                    "the prompt does not fit the context of {} (tier {} {:?}): {}",
+                    attempt.model,
+                    attempt.tier,
+                    attempt.tier_name,
+                    attempt.error.as_deref().unwrap_or_default()
+                ),
+                ledger_index: routed.ledger_index,
+            });
+        }
         return Err(ApiError::PolicyDenied {
             message: format!("refused by policy {}: {}", routed.policy, routed.reasons.join("; ")),
             ledger_index: Some(routed.ledger_index),

@@ -5,7 +5,10 @@ use std::{path::Path, sync::Arc};
 use anyhow::Context;
 use mistralrs::{GgufModelBuilder, Model, RequestBuilder, TextMessageRole};
 
-use super::{DecodingProfile, Generation, Role, Turn};
+use super::{DecodingProfile, Generation, PromptTooLong, Role, Turn};
+
+/// How mistral.rs words its refusal of a prompt longer than the context (engine/add_request.rs).
+const PROMPT_TOO_LONG: &str = "Prompt sequence length is greater than ";
 
 /// A loaded model. `send_chat_request` takes `&self`, so one instance is shared by every tier
 /// and request that uses it (mistral.rs schedules the sequences itself).
@@ -65,7 +68,13 @@ impl MistralRuntime {
             .model
             .send_chat_request(request)
             .await
-            .map_err(|e| anyhow::anyhow!("mistral.rs generation failed: {e}"))?;
+            .map_err(|error| match &error {
+                mistralrs::error::Error::RequestValidation(message) if message.starts_with(PROMPT_TOO_LONG) => {
+                    let limit_tokens = message[PROMPT_TOO_LONG.len()..].split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok());
+                    anyhow::Error::new(PromptTooLong { limit_tokens })
+                }
+                _ => anyhow::anyhow!("mistral.rs generation failed: {error}"),
+            })?;
         let choice = response.choices.into_iter().next().context("mistral.rs returned no choice")?;
         let (token_texts, token_logprobs) = choice
             .logprobs

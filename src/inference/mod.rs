@@ -7,7 +7,7 @@ mod weights;
 
 pub use mistral::MistralRuntime;
 pub use remote::RemoteRuntime;
-pub use weights::{WeightsError, ensure_weights, sha256_file};
+pub use weights::{WeightsError, ensure_derived, ensure_runnable_weights, ensure_weights, sha256_file};
 
 use serde::Serialize;
 
@@ -32,6 +32,22 @@ pub struct DecodingProfile {
     pub temperature: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
+}
+
+/// The prompt does not fit the model's context window. A fault of the request, not of the
+/// tier: it does not count towards the tier's circuit breaker, and when no tier could take the
+/// prompt the caller gets 400 `context_length_exceeded` (the OpenAI code for it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the prompt is longer than the model's context{}", .limit_tokens.map(|n| format!(" of {n} tokens")).unwrap_or_default())]
+pub struct PromptTooLong {
+    pub limit_tokens: Option<u64>,
+}
+
+impl PromptTooLong {
+    /// Whether a runtime error (anywhere in its chain) is this one.
+    pub fn in_error(error: &anyhow::Error) -> Option<&PromptTooLong> {
+        error.chain().find_map(|cause| cause.downcast_ref::<PromptTooLong>())
+    }
 }
 
 /// A tier's runtime: every tier is one of these, behind one `generate`.

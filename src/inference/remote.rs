@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::{DecodingProfile, Generation, Role, Turn};
+use super::{DecodingProfile, Generation, PromptTooLong, Role, Turn};
 
 #[derive(Clone)]
 pub struct RemoteRuntime {
@@ -67,6 +67,10 @@ impl RemoteRuntime {
         let response = request.send().await.map_err(|e| anyhow::anyhow!("remote tier {}: {}", self.url, describe(&e)))?;
         let status = response.status();
         let text = response.text().await.with_context(|| format!("remote tier {}: reading the answer", self.url))?;
+        // OpenAI-compatible servers (tiergate among them) name an over-long prompt this way.
+        if status == reqwest::StatusCode::BAD_REQUEST && text.contains("context_length_exceeded") {
+            return Err(anyhow::Error::new(PromptTooLong { limit_tokens: None }).context(format!("remote tier {}", self.url)));
+        }
         if !status.is_success() {
             let snippet: String = text.chars().take(300).collect();
             anyhow::bail!("remote tier {} answered {status}: {snippet}", self.url);

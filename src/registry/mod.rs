@@ -8,7 +8,7 @@ mod reference;
 mod seed;
 
 pub use cards::{
-    CardError, CardKind, Cost, Decoding, ModelCard, Runtime, SchemaViolation, SystemCard, TierSpec,
+    CardError, CardKind, Cost, Decoding, DerivedWeights, ModelCard, Runtime, SchemaViolation, SystemCard, TierSpec,
     ValidatedCard, Weights, WeightsSource, parse_card,
 };
 pub use diff::{Change, diff};

@@ -75,6 +75,7 @@ impl EntryBuilder {
                 "version": tier.model.version,
                 "digest": tier.model_digest,
                 "weights_sha256": tier.weights_sha256,
+                "loaded_weights_sha256": tier.loaded_weights_sha256,
             },
             "decoding": attempt.decoding,
             "signals": attempt.signals,

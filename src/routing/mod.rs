@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{
-    inference::{DecodingProfile, Signals, Turn},
+    inference::{DecodingProfile, PromptTooLong, Signals, Turn},
     ledger::Ledger,
     metrics::Metrics,
     policy::{CompiledBundle, Gate, GateDecision},
@@ -80,6 +80,9 @@ pub struct AttemptSummary {
     pub signals: Option<Signals>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A machine-readable kind of `error`, when it has one (`context_length_exceeded`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_code: Option<&'static str>,
     pub decision: String,
     pub reasons: Vec<String>,
     pub latency_ms: f64,
@@ -277,6 +280,7 @@ impl Router {
                     model: tier.model.to_string(),
                     signals: attempt.signals.clone(),
                     error: attempt.error.clone(),
+                    error_code: attempt.error_code,
                     decision: accept.action.clone(),
                     reasons: accept.reasons.clone(),
                     latency_ms: attempt.latency_ms,
@@ -362,7 +366,8 @@ impl Router {
                     }),
                     None => generation.await,
                 };
-                tier.guard.record(result.is_ok());
+                // A prompt too long for the model is the request's fault, not the tier's.
+                tier.guard.record(result.as_ref().map_or_else(|error| PromptTooLong::in_error(error).is_some(), |_| true));
                 result
             }
         };
@@ -371,6 +376,7 @@ impl Router {
             Ok(generation) => Attempt {
                 signals: Some(Signals::from_generation(&generation)),
                 error: None,
+                error_code: None,
                 latency_ms,
                 decoding,
                 generation: Some(generation),
@@ -381,6 +387,7 @@ impl Router {
                 Attempt {
                     signals: None,
                     error: Some(format!("{error:#}")),
+                    error_code: PromptTooLong::in_error(&error).map(|_| "context_length_exceeded"),
                     latency_ms,
                     decoding,
                     generation: None,
@@ -394,6 +401,7 @@ impl Router {
             "tier_name": tier.name,
             "tiers_left": system.tiers.len() - tier.index - 1,
             "error": attempt.error,
+            "error_code": attempt.error_code,
             "latency_ms": attempt.latency_ms,
             "signals": attempt.signals,
         });
@@ -407,6 +415,7 @@ impl Router {
 pub(crate) struct Attempt {
     pub signals: Option<Signals>,
     pub error: Option<String>,
+    pub error_code: Option<&'static str>,
     pub latency_ms: f64,
     pub decoding: DecodingProfile,
     pub generation: Option<crate::inference::Generation>,

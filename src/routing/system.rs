@@ -27,7 +27,10 @@ pub struct TierRoute {
     pub name: String,
     pub model: ArtifactRef,
     pub model_digest: String,
+    /// The model card's pinned source weights.
     pub weights_sha256: String,
+    /// The file that runs: the source weights, or the file derived from them.
+    pub loaded_weights_sha256: String,
     pub runtime: TierRuntime,
     pub decoding: DecodingProfile,
     /// Queue and circuit breaker of this tier.

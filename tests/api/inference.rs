@@ -168,3 +168,32 @@ async fn the_response_reports_the_gateways_own_overhead_and_the_cost() {
     assert!((attempts_ms - model_ms).abs() < 0.01, "model time is the attempts' time");
     assert_eq!(body["tiergate"]["cost"], 0.0, "the packaged model's card prices it at 0");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prompt_longer_than_the_context_is_a_400_recorded_in_the_ledger_that_opens_no_circuit() {
+    let app = spawn_app().await;
+    // ~10,000 tokens: more than SmolLM2's 8,192-token context.
+    let prompt = " apple".repeat(10_000);
+
+    let response = app.chat(user_message("always-small", &prompt)).await;
+
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "context_length_exceeded", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(SMALL_MODEL) && message.contains("8192"), "names the model and its context: {message}");
+    let index = body["error"]["ledger_index"].as_u64().expect("the refusal points at its ledger entry");
+    let entry = app.ledger_entry(index).await;
+    assert_eq!(entry["outcome"], "denied");
+    let attempts = entry["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "the policy escalated once: the larger tier might have had a longer context");
+    for attempt in attempts {
+        assert_eq!(attempt["accept"]["input"]["attempt"]["error_code"], "context_length_exceeded", "{attempt}");
+    }
+    // The tiers are healthy: a client's over-long prompts must not open their circuits.
+    for _ in 0..3 {
+        assert_eq!(app.chat(user_message("always-small", &prompt)).await.status(), 400);
+    }
+    let served = app.chat(user_message("always-small", "Hi")).await;
+    assert_eq!(served.status(), 200, "{}", served.text().await.unwrap());
+}

@@ -9,6 +9,7 @@ use crate::helpers::{TestApp, spawn_app, user_message};
 const SHIPPED_MODEL_CARD: &str = include_str!("../../model-cards/smollm2-135m-instruct.yaml");
 const ALWAYS_SMALL: &str = include_str!("../fixtures/cards/always-small.yaml");
 const PACKAGED_WEIGHTS_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const DERIVED_WEIGHTS_SHA256: &str = "4a197789e71f16d2a0c228684e98def3218e2e324488a5414d46605bf849023d";
 
 /// The shipped model card under another id: a new artifact whose weights are the packaged model.
 fn model_card(id: &str) -> String {
@@ -346,14 +347,18 @@ async fn a_model_card_exports_as_a_valid_cyclonedx_ml_bom_and_as_markdown() {
     assert!(component["modelCard"]["considerations"]["technicalLimitations"][0].as_str().unwrap().contains("Frequently wrong"));
     let stored = json_of(app.get("/v1/registry/model-cards/smollm2-135m-instruct/versions/1").await).await;
     assert!(component["properties"].as_array().unwrap().contains(&json!({"name": "tiergate:registry_digest", "value": stored["digest"]})));
+    assert!(
+        component["properties"].as_array().unwrap().contains(&json!({"name": "tiergate:derived_weights_sha256", "value": DERIVED_WEIGHTS_SHA256})),
+        "the file that runs is in the BOM too"
+    );
     let again = json_of(app.get("/v1/registry/model-cards/smollm2-135m-instruct/versions/1/cyclonedx").await).await;
     assert_eq!(again["serialNumber"], bom["serialNumber"], "one version, one BOM serial number");
 
     let markdown = app.get("/v1/registry/model-cards/smollm2-135m-instruct/versions/1/markdown").await;
     assert!(markdown.headers()["content-type"].to_str().unwrap().starts_with("text/markdown"));
     let markdown = markdown.text().await.unwrap();
-    assert!(markdown.starts_with("# SmolLM2-135M-Instruct (Q4_1 GGUF)\n"), "{markdown}");
-    for expected in ["## Model details", "| Quantization | Q4_1 |", PACKAGED_WEIGHTS_SHA256, "## Bias, risks and limitations", "Frequently wrong", "- Approved by tiergate-shipped"] {
+    assert!(markdown.starts_with("# SmolLM2-135M-Instruct (Q4_1 GGUF, run as Q8_0)\n"), "{markdown}");
+    for expected in ["## Model details", "| Quantization | Q4_1 |", PACKAGED_WEIGHTS_SHA256, "| Runs as (derived) | Q8_0, made by gguf-requantize |", DERIVED_WEIGHTS_SHA256, "## Bias, risks and limitations", "Frequently wrong", "- Approved by tiergate-shipped"] {
         assert!(markdown.contains(expected), "{expected:?} missing:\n{markdown}");
     }
     assert_eq!(app.get("/v1/registry/model-cards/nope/versions/1/cyclonedx").await.status(), 404);

