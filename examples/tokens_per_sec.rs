@@ -5,7 +5,7 @@
 //! cargo run --example tokens_per_sec -- --concurrency 1,4,8
 //!
 //! `--weights loaded` (default) runs the file tiergate serves (the card's derived Q8_0 copy);
-//! `source` runs the packaged Q4_1 file itself. `--concurrency` measures aggregate completion
+//! `source` runs the packaged Q4_1 file itself; a path ending in `.gguf` runs that file. `--concurrency` measures aggregate completion
 //! tokens/s with that many requests in flight at once on one loaded model (all five prompts,
 //! repeated, per level).
 //!
@@ -46,6 +46,8 @@ async fn main() -> anyhow::Result<()> {
     let settings = Settings::default();
     let which = std::env::args().skip_while(|a| a != "--weights").nth(1).unwrap_or_else(|| "loaded".into());
     let path = match which.as_str() {
+        // Any other GGUF file, to compare candidate formats.
+        other if other.ends_with(".gguf") => std::path::PathBuf::from(other),
         "source" => ensure_weights(&card.weights.source, &card.weights.sha256, &settings.model_cache_dir, &settings.python)?,
         _ => ensure_runnable_weights(&card.weights, &settings.model_cache_dir, &settings.python)?,
     };

@@ -5,6 +5,7 @@ pub mod api;
 pub mod canonical;
 pub mod config;
 pub mod error;
+pub mod evidence;
 pub mod inference;
 pub mod ledger;
 pub mod metrics;

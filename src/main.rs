@@ -3,11 +3,13 @@
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
+use anyhow::Context;
 use tiergate::{
     config::{Settings, SettingsArgs},
+    evidence,
     ledger::{BUNDLE_FORMAT, CheckpointSigner, verify_bundle, verify_export},
     policy::{BundleSource, CompiledBundle, TestOutcome},
-    registry::{ArtifactRef, CardError, parse_card},
+    registry::{ArtifactKind, ArtifactRef, CardError, parse_card},
     startup::{Application, LEDGER_KEY_FILE},
     telemetry,
 };
@@ -41,6 +43,58 @@ enum Command {
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// Run a workload small-first (the system as configured) and large-first (straight to its
+    /// last tier) and print the measured comparison. Runs the real gateway on a scratch
+    /// database: the deployment's registry and ledger are not touched. The system must be a
+    /// card in the card directories.
+    Compare {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// System card id.
+        #[arg(long)]
+        system: String,
+        /// JSON Lines workload (see tests/workloads/support-and-facts.jsonl).
+        #[arg(long)]
+        workload: PathBuf,
+        /// Requests in flight at once.
+        #[arg(long, default_value_t = 1)]
+        concurrency: usize,
+        /// Only the first N items.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// What to print: markdown or json.
+        #[arg(long, default_value = "markdown")]
+        format: String,
+        /// Also write compare.md, compare.json and compare.svg (the chart) here.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Sweep the first tier's confidence threshold over a labelled workload, recommend the
+    /// cheapest one meeting the target accuracy, and store the report in the registry
+    /// (calibration-reports/<system>, a draft to be approved by a second person) for a new
+    /// policy data version to cite.
+    Calibrate {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        #[arg(long)]
+        system: String,
+        #[arg(long)]
+        workload: PathBuf,
+        /// Accuracy to meet, between 0 and 1.
+        #[arg(long)]
+        target_accuracy: f64,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Who ran it (the report's author in the registry).
+        #[arg(long, env = "USER", default_value = "tiergate-calibrate")]
+        author: String,
+        /// What to print: markdown or json.
+        #[arg(long, default_value = "markdown")]
+        format: String,
+        /// Also write calibration.md and calibration.json here.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
     },
 }
 
@@ -97,6 +151,12 @@ async fn main() -> ExitCode {
         }
         Command::Ledger { command: LedgerCommand::PublicKey { data_dir } } => print_public_key(&data_dir),
         Command::Ledger { command: LedgerCommand::RotateKey { data_dir } } => rotate_key(&data_dir),
+        Command::Compare { settings, system, workload, concurrency, limit, format, out_dir } => {
+            compare(&settings, &system, &workload, concurrency, limit, &format, out_dir.as_deref()).await
+        }
+        Command::Calibrate { settings, system, workload, target_accuracy, limit, author, format, out_dir } => {
+            calibrate(&settings, &system, &workload, target_accuracy, limit, &author, &format, out_dir.as_deref()).await
+        }
     };
     match result {
         Ok(code) => code,
@@ -137,6 +197,101 @@ async fn init(args: SettingsArgs) -> anyhow::Result<ExitCode> {
         Some(key) => print_bootstrap_key(&key),
         None => println!("API keys already exist (or one was supplied): nothing created."),
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The workload's items (the first `limit`), and its sha256.
+fn read_workload(path: &std::path::Path, limit: Option<usize>) -> anyhow::Result<(Vec<evidence::WorkloadItem>, String)> {
+    let mut items = evidence::load_workload(path)?;
+    if let Some(limit) = limit {
+        items.truncate(limit);
+    }
+    let sha256 = tiergate::inference::sha256_file(path).with_context(|| format!("hashing {}", path.display()))?;
+    Ok((items, sha256))
+}
+
+fn check_format(format: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(matches!(format, "markdown" | "json"), "--format must be markdown or json, not {format:?}");
+    Ok(())
+}
+
+async fn compare(
+    args: &SettingsArgs,
+    system: &str,
+    workload: &std::path::Path,
+    concurrency: usize,
+    limit: Option<usize>,
+    format: &str,
+    out_dir: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    check_format(format)?;
+    if std::env::var_os("RUST_LOG").is_some() {
+        telemetry::init();
+    }
+    let settings = Settings::load(args)?;
+    let (items, _) = read_workload(workload, limit)?;
+    let report = evidence::compare::compare(&settings, system, &workload.display().to_string(), &items, concurrency).await?;
+    let markdown = evidence::compare::markdown(&report);
+    let json = serde_json::to_string_pretty(&report)?;
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("compare.md"), &markdown)?;
+        std::fs::write(dir.join("compare.json"), &json)?;
+        std::fs::write(dir.join("compare.svg"), evidence::compare::chart(&report))?;
+    }
+    println!("{}", if format == "json" { &json } else { &markdown });
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn calibrate(
+    args: &SettingsArgs,
+    system: &str,
+    workload: &std::path::Path,
+    target_accuracy: f64,
+    limit: Option<usize>,
+    author: &str,
+    format: &str,
+    out_dir: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    check_format(format)?;
+    if std::env::var_os("RUST_LOG").is_some() {
+        telemetry::init();
+    }
+    let settings = Settings::load(args)?;
+    let (items, sha256) = read_workload(workload, limit)?;
+    let mut report = evidence::calibrate::calibrate(&settings, system, &workload.display().to_string(), &sha256, &items, target_accuracy).await?;
+    // Stored in the deployment's registry, where a reviewer approves it and policy data cites it.
+    let store = tiergate::store::Store::connect(&settings.effective_database_url()).await?;
+    store.migrate().await?;
+    let registry = tiergate::registry::Registry::new(store);
+    let document = serde_json::to_value(&report)?;
+    let stored = registry
+        .store_document(ArtifactKind::CalibrationReport, system, &serde_json::to_string_pretty(&document)?, &document, author, "draft", &tiergate::api::now())
+        .await?;
+    let citation = serde_json::json!({"report": stored.reference.to_string(), "digest": stored.digest});
+    if let Some(data) = report.policy_data.as_mut() {
+        data["systems"][system]["calibration"] = citation.clone();
+    }
+    let markdown = format!(
+        "{}\nStored as calibration report `{}` ({}), status draft: approve it with POST /v1/registry/calibration-reports/{}/versions/{}/approve.\n{}",
+        evidence::calibrate::markdown(&report),
+        stored.reference,
+        stored.digest,
+        stored.reference.id,
+        stored.reference.version,
+        report.policy_data.as_ref().map_or_else(String::new, |data| format!(
+            "\nTo apply it, merge this into the data of a new version of the system's policy bundle:\n\n```json\n{}\n```\n",
+            serde_json::to_string_pretty(data).unwrap_or_default()
+        ))
+    );
+    let json = serde_json::to_string_pretty(&serde_json::json!({"report": report, "stored": citation}))?;
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("calibration.md"), &markdown)?;
+        std::fs::write(dir.join("calibration.json"), &json)?;
+    }
+    println!("{}", if format == "json" { &json } else { &markdown });
     Ok(ExitCode::SUCCESS)
 }
 

@@ -5,11 +5,21 @@
 #          review, or deny.
 #
 # Thresholds come from the system card (input.thresholds) and fall back to data.defaults.
+# Policy data may set a system's thresholds (data.systems[<id>].thresholds, typically from a
+# `tiergate calibrate` report cited beside them): those win, so that a threshold change is a
+# reviewed policy version.
 package tiergate
 
 import rego.v1
 
-thresholds := object.union(data.defaults.thresholds, object.get(input, "thresholds", {}))
+thresholds := object.union(
+	object.union(data.defaults.thresholds, object.get(input, "thresholds", {})),
+	calibrated_thresholds,
+)
+
+calibrated_thresholds := data.systems[input.system.id].thresholds if {
+	is_object(data.systems[input.system.id].thresholds)
+} else := {}
 
 last_tier := input.system.tier_count - 1
 

@@ -66,3 +66,14 @@ test_per_tier_threshold_overrides_the_common_one if {
 	large := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": by_tier, "attempt": attempt(1, -0.2, 0)}
 	large.action == "accept"
 }
+
+test_policy_data_thresholds_override_the_system_card if {
+	card := {"min_mean_logprob": -1.0}
+	calibrated := {"support-triage": {"thresholds": {"min_mean_logprob_by_tier": [-0.1, -1.0]}}}
+	decision := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": card, "attempt": attempt(0, -0.2, 1)}
+		with data.systems as calibrated
+	decision.action == "escalate"
+	other := data.tiergate.accept with input as {"request": routine, "system": object.union(system, {"id": "other"}), "thresholds": card, "attempt": attempt(0, -0.2, 1)}
+		with data.systems as calibrated
+	other.action == "accept"
+}

@@ -24,6 +24,8 @@ pub enum CardCollection {
     ModelCards,
     SystemCards,
     Policies,
+    /// Stored by `tiergate calibrate`; read and approved here, never submitted or activated.
+    CalibrationReports,
 }
 
 impl CardCollection {
@@ -32,6 +34,7 @@ impl CardCollection {
             CardCollection::ModelCards => ArtifactKind::ModelCard,
             CardCollection::SystemCards => ArtifactKind::SystemCard,
             CardCollection::Policies => ArtifactKind::PolicyBundle,
+            CardCollection::CalibrationReports => ArtifactKind::CalibrationReport,
         }
     }
 
@@ -40,6 +43,7 @@ impl CardCollection {
             CardCollection::ModelCards => "model-cards",
             CardCollection::SystemCards => "system-cards",
             CardCollection::Policies => "policies",
+            CardCollection::CalibrationReports => "calibration-reports",
         }
     }
 }
@@ -121,7 +125,7 @@ pub struct SubmissionBody {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["author"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
     ),
     request_body(content = String, content_type = "application/yaml", description = "A card (YAML or JSON) or a policy bundle (JSON)"),
     responses(
@@ -155,6 +159,11 @@ pub async fn submit_card(
             let (submission, report) = state.registry.submit_bundle(ledger, text, &document, &actor, &super::now()).await?;
             (submission, Some(report))
         }
+        CardCollection::CalibrationReports => {
+            return Err(ApiError::InvalidRequest(
+                "calibration reports are measured, not written: `tiergate calibrate` stores them".into(),
+            ));
+        }
     };
     let reference = &submission.stored.reference;
     let version = state
@@ -184,7 +193,7 @@ pub struct ArtifactList {
 /// List the cards of a collection with their latest and active versions.
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
-    params(("collection" = CardCollection, Path, description = "model-cards, system-cards or policies")),
+    params(("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports")),
     responses((status = 200, body = ArtifactList))
 )]
 #[get("/v1/registry/{collection}")]
@@ -230,7 +239,7 @@ pub struct VersionList {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
         ("id" = String, Path, description = "Card id"),
     ),
     responses((status = 200, body = VersionList), (status = 404, body = ErrorBody))
@@ -262,7 +271,7 @@ async fn find(state: &AppState, collection: CardCollection, id: &str, version: i
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number, from 1"),
     ),
@@ -301,7 +310,7 @@ pub struct DiffBody {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
         ("id" = String, Path, description = "Card id"),
         DiffQuery,
     ),
@@ -329,7 +338,7 @@ pub async fn diff_versions(
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
     ),
@@ -359,7 +368,7 @@ pub async fn approve_version(
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
     ),
@@ -397,7 +406,7 @@ pub struct RollbackRequest {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
         ("id" = String, Path, description = "Card id"),
     ),
     request_body(content = Option<RollbackRequest>, description = "Optional; empty body = previous active version"),
@@ -433,6 +442,9 @@ async fn make_active(
     actor: &Actor,
     rollback: bool,
 ) -> Result<GovernanceRecord, ApiError> {
+    if kind == ArtifactKind::CalibrationReport {
+        return Err(ApiError::Conflict("calibration reports are evidence: they are approved and cited, never active".into()));
+    }
     state.registry.check_activation(kind, reference, actor).await?;
     let route = match kind {
         ArtifactKind::SystemCard => {
@@ -461,7 +473,7 @@ async fn make_active(
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards or policies"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
     ),

@@ -9,6 +9,8 @@ pub enum ArtifactKind {
     ModelCard,
     SystemCard,
     PolicyBundle,
+    /// Evidence, not configuration: `tiergate calibrate` results, cited by policy data.
+    CalibrationReport,
 }
 
 impl ArtifactKind {
@@ -17,6 +19,7 @@ impl ArtifactKind {
             ArtifactKind::ModelCard => "model_card",
             ArtifactKind::SystemCard => "system_card",
             ArtifactKind::PolicyBundle => "policy_bundle",
+            ArtifactKind::CalibrationReport => "calibration_report",
         }
     }
 }

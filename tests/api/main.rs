@@ -6,6 +6,7 @@ pub const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 
 mod access;
 mod chat;
+mod evidence;
 mod helpers;
 mod inference;
 mod ledger;

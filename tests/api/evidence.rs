@@ -1,0 +1,143 @@
+//! `tiergate compare` and `tiergate calibrate`, run as the binary on the real model, and a
+//! calibrated threshold applied through the governed policy lifecycle.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::helpers::{spawn_app_with, test_settings, user_message};
+
+/// The first `n` items of `kind` from the shipped workload, as a workload file of their own.
+fn workload(dir: &Path, kind: &str, n: usize) -> PathBuf {
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/support-and-facts.jsonl")).unwrap();
+    let path = dir.join("workload.jsonl");
+    let marker = format!("\"kind\": \"{kind}\"");
+    let items: String = shipped.lines().filter(|l| l.contains(&marker)).take(n).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&path, items).unwrap();
+    path
+}
+
+/// A config file for the binary with the test app's settings (cards, fixtures, data directory).
+fn config(settings: &tiergate::config::Settings) -> PathBuf {
+    std::fs::create_dir_all(&settings.data_dir).unwrap();
+    let path = settings.data_dir.join("config.yaml");
+    let config = json!({
+        "data_dir": settings.data_dir,
+        "cards_dirs": settings.cards_dirs,
+        "policies_dir": settings.policies_dir,
+    });
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+fn run(args: &[&str]) -> Value {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate")).args(args).output().unwrap();
+    assert!(output.status.success(), "tiergate {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&output.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compare_measures_small_first_against_large_first_without_touching_the_deployment() {
+    let settings = test_settings();
+    let config = config(&settings);
+    let out = settings.data_dir.join("out");
+    let workload = workload(&settings.data_dir, "intent", 4);
+
+    let report = run(&[
+        "compare", "--config", config.to_str().unwrap(), "--system", "escalate-once", "--workload", workload.to_str().unwrap(),
+        "--format", "json", "--out-dir", out.to_str().unwrap(),
+    ]);
+
+    let (small, large) = (&report["small_first"], &report["large_first"]);
+    assert_eq!(small["requests"], 4);
+    assert_eq!(large["requests"], 4);
+    assert_eq!(small["system"], "escalate-once");
+    assert_eq!(large["system"], "escalate-once-large-first");
+    // escalate-once's first tier can never meet its threshold.
+    assert_eq!(small["escalation_rate"], 1.0, "{small}");
+    assert_eq!(small["containment_rate"], 0.0);
+    assert_eq!(large["escalation_rate"], 0.0, "{large}");
+    assert_eq!(large["containment_rate"], 0.0, "large-first never answers from the first tier");
+    for mode in [small, large] {
+        let latency = &mode["latency_ms"];
+        assert!(latency["p50"].as_f64().unwrap() > 0.0 && latency["p50"].as_f64() <= latency["p99"].as_f64(), "{latency}");
+        assert!(mode["throughput_rps"].as_f64().unwrap() > 0.0);
+        let scored = mode["accuracy"]["scored"].as_u64().unwrap();
+        assert_eq!(scored, mode["served"].as_u64().unwrap(), "every served answer of a labelled workload is scored");
+    }
+    let observed = report["observations"]["small_first"].as_array().unwrap();
+    assert!(observed.iter().all(|o| o["escalated"] == true && o["tier_served"] == 1), "{observed:?}");
+    let markdown = std::fs::read_to_string(out.join("compare.md")).unwrap();
+    assert!(markdown.contains("| escalation rate | 100.0% | 0.0% |"), "{markdown}");
+    let chart = std::fs::read_to_string(out.join("compare.svg")).unwrap();
+    assert!(chart.starts_with("<svg") && chart.trim_end().ends_with("</svg>"));
+    assert_eq!(chart.matches("<circle").count(), 8, "one dot per request and mode");
+    assert!(!settings.data_dir.join("tiergate.db").exists(), "the run used a scratch database, not the deployment's");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_calibrated_threshold_applied_as_policy_data_reproduces_the_reported_escalation_rate() {
+    let settings = test_settings();
+    let config = config(&settings);
+    // truncated-first: a 3-token first tier and a 24-token second one, so on short factual
+    // questions escalating buys accuracy and the curve has a middle.
+    let workload = workload(&settings.data_dir, "fact", 8);
+    let calibrate = |target: &str| {
+        run(&[
+            "calibrate", "--config", config.to_str().unwrap(), "--system", "truncated-first", "--workload", workload.to_str().unwrap(),
+            "--target-accuracy", target, "--author", "carol", "--format", "json",
+        ])
+    };
+
+    // First the whole curve; then the accuracy in its middle as the target, so that the
+    // cheapest threshold meeting it lies inside the curve.
+    let curve = calibrate("0");
+    let sweep = curve["report"]["sweep"].as_array().unwrap().clone();
+    assert!(sweep.len() >= 3, "{sweep:?}");
+    assert_eq!(sweep.first().unwrap()["escalation_rate"], 0.0);
+    assert_eq!(sweep.last().unwrap()["escalation_rate"], 1.0);
+    assert!(sweep.windows(2).all(|p| p[0]["escalation_rate"].as_f64() < p[1]["escalation_rate"].as_f64()), "{sweep:?}");
+    assert_eq!(curve["report"]["recommended"]["escalation_rate"], 0.0, "with no target, escalating nothing is cheapest");
+    let target = sweep[sweep.len() / 2]["accuracy"].as_f64().unwrap();
+    let cheapest = sweep.iter().find(|p| p["accuracy"].as_f64().unwrap() >= target).unwrap().clone();
+    let calibrated = calibrate(&target.to_string());
+    let recommended = &calibrated["report"]["recommended"];
+    // Model time differs between runs; the signal, hence the curve, does not.
+    for field in ["threshold", "escalation_rate", "accuracy"] {
+        assert_eq!(recommended[field], cheapest[field], "the cheapest point meeting the target {target}: {recommended}");
+    }
+    let rate = recommended["escalation_rate"].as_f64().unwrap();
+    assert!(rate > 0.0 && rate < 1.0, "a threshold inside the curve: {recommended}");
+    assert_eq!(calibrated["stored"]["report"], "truncated-first@2", "stored as the second report for the system");
+
+    // A reviewer approves the report; a new policy data version applies and cites it.
+    let app = spawn_app_with(settings.clone()).await;
+    let report = app.get("/v1/registry/calibration-reports/truncated-first/versions/2").await;
+    assert_eq!(report.status(), 200);
+    let report: Value = report.json().await.unwrap();
+    assert_eq!(report["author"], "carol");
+    assert_eq!(report["status"], "draft");
+    assert_eq!(report["digest"], calibrated["stored"]["digest"]);
+    assert_eq!(app.lifecycle("bob", "calibration-reports", "truncated-first", 2, "approve").await.status(), 200);
+    assert_eq!(app.lifecycle("bob", "calibration-reports", "truncated-first", 2, "activate").await.status(), 409, "evidence is never active");
+    let shipped: Value = app.get("/v1/registry/policies/tiergate-default/versions/1").await.json().await.unwrap();
+    let mut bundle = shipped["document"].clone();
+    bundle["data"]["systems"] = calibrated["report"]["policy_data"]["systems"].clone();
+    assert_eq!(bundle["data"]["systems"]["truncated-first"]["calibration"]["report"], "truncated-first@2");
+    assert_eq!(app.post_as("alice", "/v1/registry/policies", "application/json", bundle.to_string()).await.status(), 201);
+    assert_eq!(app.lifecycle("bob", "policies", "tiergate-default", 2, "approve").await.status(), 200);
+    let card = include_str!("../fixtures/cards/truncated-first.yaml").replace("policy: tiergate-default@1", "policy: tiergate-default@2");
+    assert_eq!(app.submit("alice", "system-cards", &card).await.status(), 201);
+    assert_eq!(app.lifecycle("bob", "system-cards", "truncated-first", 2, "approve").await.status(), 200);
+    assert_eq!(app.lifecycle("bob", "system-cards", "truncated-first", 2, "activate").await.status(), 200);
+
+    let mut escalated = 0;
+    for line in std::fs::read_to_string(&workload).unwrap().lines() {
+        let item: Value = serde_json::from_str(line).unwrap();
+        let body: Value = app.chat(user_message("truncated-first", item["prompt"].as_str().unwrap())).await.json().await.unwrap();
+        assert_eq!(body["tiergate"]["policy"], "tiergate-default@2", "{body}");
+        escalated += usize::from(body["tiergate"]["escalated"] == true);
+    }
+    let reproduced = escalated as f64 / 8.0;
+    assert_eq!(reproduced, recommended["escalation_rate"].as_f64().unwrap(), "threshold {}", recommended["threshold"]);
+}
