@@ -37,7 +37,9 @@ pub struct Settings {
     pub bootstrap_admin_key: Option<String>,
     /// Inference requests per minute per API key, unless the key sets its own (none = no limit).
     pub rate_limit_per_minute: Option<u32>,
-    /// Generations one tier runs at once.
+    /// Generations one tier runs at once. 1 by default: on a CPU, mistral.rs's aggregate
+    /// throughput falls when sequences run concurrently (BENCHMARKS.md: 23.6 tok/s at 1,
+    /// 14.5 at 2, 13.2 at 8 on 2 cores), so queueing beats batching there.
     pub tier_concurrency: usize,
     /// Requests that may wait for a tier; beyond that the request gets 429 (backpressure).
     pub tier_queue_depth: usize,
@@ -53,6 +55,12 @@ pub struct Settings {
     /// This replica's name in the database (checkpoint lease, `published_by`); default: the
     /// process id and a random suffix, new on every start.
     pub replica_id: Option<String>,
+    /// Requests per drift window: the baseline is a system version's first window on this
+    /// replica, compared with its latest window.
+    pub drift_window: usize,
+    /// Population stability index above which a signal counts as drifted (a ledger entry and
+    /// `tiergate_drift_psi`); 0.2 is the usual "significant shift".
+    pub drift_psi_threshold: f64,
 }
 
 impl Default for Settings {
@@ -71,13 +79,15 @@ impl Default for Settings {
             checkpoint_interval_s: 60,
             bootstrap_admin_key: None,
             rate_limit_per_minute: None,
-            tier_concurrency: 2,
+            tier_concurrency: 1,
             tier_queue_depth: 64,
             breaker_failures: 3,
             breaker_open_s: 30,
             remote_timeout_ms: 30_000,
             registry_sync_interval_ms: 2_000,
             replica_id: None,
+            drift_window: 200,
+            drift_psi_threshold: 0.2,
         }
     }
 }

@@ -2,7 +2,7 @@
 //! overhead, tokens and cost per tier, policy evaluation time, ledger commits, queues, errors.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder, core::{AtomicF64, GenericCounterVec},
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder, core::{AtomicF64, GenericCounterVec},
 };
 
 type FloatCounterVec = GenericCounterVec<AtomicF64>;
@@ -27,6 +27,7 @@ pub struct Metrics {
     pub queued: IntGaugeVec,
     pub errors: IntCounterVec,
     pub feedback: IntCounterVec,
+    pub drift_psi: GaugeVec,
 }
 
 impl Metrics {
@@ -46,6 +47,11 @@ impl Metrics {
         registry.register(Box::new(cost.clone()))?;
         let queued = IntGaugeVec::new(Opts::new("tier_queued_requests", "Requests waiting for a tier"), &["system", "tier"])?;
         registry.register(Box::new(queued.clone()))?;
+        let drift_psi = GaugeVec::new(
+            Opts::new("drift_psi", "Population stability index of a signal's current window against its baseline window"),
+            &["system", "signal"],
+        )?;
+        registry.register(Box::new(drift_psi.clone()))?;
         Ok(Metrics {
             requests: counter("requests_total", "Inference requests by system, outcome and tier served", &["system", "outcome", "tier_served"])?,
             escalated: counter("requests_escalated_total", "Requests that ran on more than one tier", &["system"])?,
@@ -65,6 +71,7 @@ impl Metrics {
                 "Feedback and review verdicts on answers, by system, tier served, escalation and correctness",
                 &["system", "tier_served", "escalated", "correct"],
             )?,
+            drift_psi,
             registry,
         })
     }

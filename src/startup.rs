@@ -15,7 +15,7 @@ use crate::{
     ledger::{CheckpointSigner, Ledger},
     metrics::Metrics,
     registry::{ArtifactKind, ArtifactRef, Registry, seed_shipped},
-    routing::{GuardLimits, LoaderSettings, Router, SystemLoader},
+    routing::{DriftSettings, GuardLimits, LoaderSettings, Router, SystemLoader},
     store::Store,
     telemetry::request_id_middleware,
 };
@@ -67,7 +67,8 @@ impl Application {
         if settings.checkpoint_interval_s > 0 {
             tokio::spawn(publish_checkpoints(ledger.clone(), Duration::from_secs(settings.checkpoint_interval_s)));
         }
-        let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text, metrics));
+        let drift = DriftSettings { window: settings.drift_window, psi_threshold: settings.drift_psi_threshold };
+        let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text, metrics).with_drift(drift));
         for shadow in store.system_shadows().await? {
             let policy = ArtifactRef { id: shadow.policy_id, version: shadow.policy_version };
             let compiled = loader.policy(&policy).await.with_context(|| format!("shadow policy {policy} of {}", shadow.system_id))?;

@@ -10,7 +10,10 @@ use actix_web::{
 };
 
 use super::AppState;
-use crate::error::{ApiError, ErrorCode};
+use crate::{
+    error::{ApiError, ErrorCode},
+    routing::drift::SignalDrift,
+};
 
 /// Metrics in the Prometheus text format (requests, escalation and containment, latencies,
 /// gateway overhead, tokens and cost per tier, policy time, ledger commits, queues, errors).
@@ -26,6 +29,19 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
         metrics.queued.with_label_values(&[system, index]).set(queued as i64);
     }
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(metrics.render()?))
+}
+
+/// Drift of each system's traffic on this replica: the first tier's confidence and the prompt
+/// length, latest window against the baseline window, as a population stability index. A
+/// signal whose PSI crosses `drift_psi_threshold` is `alerting`, and each crossing is a `drift`
+/// entry in the ledger.
+#[utoipa::path(
+    tag = "operations", security(("api_key" = ["auditor", "admin"])),
+    responses((status = 200, description = "By system, then signal (`confidence`, `prompt_length`)", body = std::collections::BTreeMap<String, std::collections::BTreeMap<String, SignalDrift>>))
+)]
+#[get("/v1/drift")]
+pub async fn drift(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.router.drift_report())
 }
 
 /// Counts every error response by its code (`tiergate_errors_total{code}`).

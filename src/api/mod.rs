@@ -99,6 +99,7 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(keys::get_key)
         .service(keys::revoke_key)
         .service(metrics::metrics)
+        .service(metrics::drift)
         .service(reviews::list_reviews)
         .service(reviews::get_review)
         .service(reviews::record_verdict)

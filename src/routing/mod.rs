@@ -1,5 +1,6 @@
 //! The tier pipeline: route gate → tier → accept gate → (escalate …) → one ledger entry. No HTTP, no SQL.
 
+pub mod drift;
 mod entry;
 mod guard;
 mod loader;
@@ -8,6 +9,7 @@ mod system;
 pub use guard::{CircuitState, GuardLimits, Refusal};
 pub use loader::{LoaderSettings, SystemLoader};
 pub use system::{SystemRoute, TierRoute};
+pub use drift::{DriftMonitor, DriftSettings};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -145,12 +147,61 @@ pub struct Router {
     ledger: Arc<Ledger>,
     store_text: bool,
     metrics: Arc<Metrics>,
+    drift: std::sync::Mutex<DriftMonitor>,
 }
 
 impl Router {
     pub fn new(systems: Vec<SystemRoute>, ledger: Arc<Ledger>, store_text: bool, metrics: Arc<Metrics>) -> Router {
         let systems = systems.into_iter().map(|s| (s.reference.id.clone(), Arc::new(s))).collect();
-        Router { systems: RwLock::new(systems), shadows: RwLock::new(HashMap::new()), ledger, store_text, metrics }
+        Router {
+            systems: RwLock::new(systems),
+            shadows: RwLock::new(HashMap::new()),
+            ledger,
+            store_text,
+            metrics,
+            drift: std::sync::Mutex::new(DriftMonitor::new(DriftSettings { window: 200, psi_threshold: 0.2 })),
+        }
+    }
+
+    /// Watches drift with these windows and threshold (default: 200 requests, PSI 0.2).
+    pub fn with_drift(self, settings: DriftSettings) -> Router {
+        Router { drift: std::sync::Mutex::new(DriftMonitor::new(settings)), ..self }
+    }
+
+    /// Drift of every system's confidence and prompt length on this replica.
+    pub fn drift_report(&self) -> BTreeMap<String, BTreeMap<&'static str, drift::SignalDrift>> {
+        self.drift.lock().unwrap_or_else(std::sync::PoisonError::into_inner).report()
+    }
+
+    /// Feeds the drift monitor; a threshold crossing becomes a `drift` entry in the ledger,
+    /// written in the background so that the request does not wait for it.
+    fn observe_drift(&self, system: &SystemRoute, attempts: &[AttemptSummary], prompt_chars: usize) {
+        let confidence = attempts.first().and_then(|a| a.signals.as_ref()).map(|s| s.mean_logprob);
+        let (psis, events) = self.drift.lock().unwrap_or_else(std::sync::PoisonError::into_inner).observe(
+            &system.reference.id,
+            &system.reference.to_string(),
+            confidence,
+            prompt_chars as f64,
+        );
+        for (signal, psi) in psis {
+            self.metrics.drift_psi.with_label_values(&[&system.reference.id, signal]).set(psi);
+        }
+        for event in events {
+            tracing::warn!(system = %event.system, signal = event.signal, psi = event.psi, state = event.state, "drift threshold crossed");
+            let draft = crate::ledger::EntryDraft {
+                entry_type: "drift",
+                request_id: format!("drift-{}", uuid::Uuid::now_v7()),
+                system_id: Some(event.system.clone()),
+                outcome: event.state.to_owned(),
+                body: json!({"drift": event, "system_version": system.reference.to_string()}),
+            };
+            let ledger = self.ledger.clone();
+            tokio::spawn(async move {
+                if let Err(error) = ledger.append(draft).await {
+                    tracing::error!(error = ?error, "recording a drift event in the ledger failed");
+                }
+            });
+        }
     }
 
     pub fn system_ids(&self) -> Vec<String> {
@@ -316,6 +367,7 @@ impl Router {
         }
         let escalated = attempts.len() > 1;
         self.observe(&system.reference.id, outcome, answer.as_ref(), &attempts, started);
+        self.observe_drift(&system, &attempts, request.turns.iter().map(|t| t.content.chars().count()).sum());
         if let (Some(shadow), Some(shadow_route)) = (&shadow, shadow_route) {
             record.set_shadow(shadow, shadow_route, shadow_accepts);
         }

@@ -112,3 +112,54 @@ async fn metrics_count_requests_escalations_latency_tokens_ledger_commits_and_er
     assert!(text.contains("tiergate_gateway_overhead_seconds_bucket"));
     assert_eq!(app.client.get(format!("{}/metrics", app.address)).send().await.unwrap().status(), 401, "metrics need a key");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shift_in_prompt_length_is_flagged_as_drift_in_metrics_the_endpoint_and_the_ledger() {
+    let mut settings = crate::helpers::test_settings();
+    settings.drift_window = 10;
+    let app = crate::helpers::spawn_app_with(settings).await;
+    // Baseline: short questions. Then the same kind of traffic: no drift.
+    let short = ["Hi", "Hello", "Name a colour.", "Say yes.", "One word?", "Red or blue?", "Count to 2.", "Hey", "Name a fruit.", "Ok?"];
+    for round in 0..2 {
+        for text in short {
+            assert_eq!(app.chat(user_message("always-small", &format!("{text} {round}"))).await.status(), 200);
+        }
+    }
+    let stable = json_of(app.get("/v1/drift").await).await;
+    let prompt = &stable["always-small"]["prompt_length"];
+    assert_eq!(prompt["window_size"], 10, "{stable}");
+    assert!(prompt["psi"].as_f64().unwrap() < 0.2 && prompt["alerting"] == false, "{stable}");
+
+    // Then ten long prompts: the latest window no longer looks like the baseline.
+    for n in 0..10 {
+        let long = format!("Summarise this for me please: {}", "the quick brown fox jumps over the lazy dog ".repeat(8 + n));
+        assert_eq!(app.chat(user_message("always-small", &long)).await.status(), 200);
+    }
+
+    let drifted = json_of(app.get("/v1/drift").await).await;
+    let prompt = &drifted["always-small"]["prompt_length"];
+    assert_eq!(prompt["alerting"], true, "{drifted}");
+    assert!(prompt["psi"].as_f64().unwrap() > 0.2, "{drifted}");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let gauge = metrics
+        .lines()
+        .find(|l| l.starts_with("tiergate_drift_psi{") && l.contains("signal=\"prompt_length\"") && l.contains("system=\"always-small\""))
+        .unwrap_or_else(|| panic!("no drift gauge:\n{metrics}"));
+    let value: f64 = gauge.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(value > 0.2, "{gauge}");
+    // The crossing is a governance record, written in the background.
+    // (With windows this small the confidence signal is noisy and may cross too.)
+    let mut recorded = None;
+    for _ in 0..50 {
+        let entries = json_of(app.get("/v1/ledger/entries?type=drift").await).await;
+        recorded = entries["entries"].as_array().and_then(|e| e.iter().find(|e| e["entry"]["drift"]["signal"] == "prompt_length").cloned());
+        if recorded.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let entry = recorded.expect("a drift entry for the prompt length");
+    assert_eq!(entry["outcome"], "alert", "{entry}");
+    assert_eq!(entry["entry"]["drift"]["system"], "always-small");
+    assert!(entry["entry"]["drift"]["psi"].as_f64().unwrap() > 0.2);
+}
