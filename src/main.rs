@@ -178,6 +178,7 @@ async fn serve(args: SettingsArgs) -> anyhow::Result<ExitCode> {
     println!("tiergate listening on http://{}", app.address());
     std::io::stdout().flush()?;
     app.run_until_stopped().await?;
+    telemetry::shutdown();
     Ok(ExitCode::SUCCESS)
 }
 

@@ -16,13 +16,56 @@ tokio::task_local! {
     static REQUEST_ID: String;
 }
 
+/// The OTLP trace pipeline, when one is configured; flushed by [`shutdown`].
+static TRACER_PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerProvider> = std::sync::OnceLock::new();
+
 /// Installs the global subscriber: human-readable lines, level from `RUST_LOG` (default `info`).
 /// Safe to call more than once (later calls are ignored), which tests rely on.
+///
+/// Spans are also exported over OTLP (HTTP/protobuf) when the standard variable
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set; otherwise
+/// nothing is exported. The other `OTEL_*` variables (service name, batch delay, headers) apply.
 pub fn init() {
+    use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,mistralrs_core=warn,sqlx=warn"));
     // Logs go to stderr: stdout carries only what scripts read (the bound address).
-    let _ = fmt().with_env_filter(filter).with_target(false).with_writer(std::io::stderr).try_init();
+    let logs = fmt::layer().with_target(false).with_writer(std::io::stderr);
+    let otlp = match otlp_tracer() {
+        Ok(tracer) => tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer)),
+        Err(error) => {
+            eprintln!("OTLP trace export is configured but cannot start: {error:#}");
+            None
+        }
+    };
+    let _ = tracing_subscriber::registry().with(filter).with(logs).with(otlp).try_init();
+}
+
+fn otlp_tracer() -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracer>> {
+    use opentelemetry::trace::TracerProvider;
+    let configured = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    if !configured {
+        return Ok(None);
+    }
+    // The builder reads the endpoint and the other OTEL_* settings from the environment.
+    let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name("tiergate").build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let tracer = provider.tracer("tiergate");
+    let _ = TRACER_PROVIDER.set(provider);
+    Ok(Some(tracer))
+}
+
+/// Sends the spans still waiting in the OTLP batch; call before the process exits.
+pub fn shutdown() {
+    if let Some(provider) = TRACER_PROVIDER.get() {
+        let _ = provider.shutdown();
+    }
 }
 
 /// The id of the request being handled on this task, if any.

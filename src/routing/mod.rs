@@ -18,6 +18,7 @@ use std::{
 };
 
 use serde::Serialize;
+use tracing::Instrument;
 use serde_json::{Value, json};
 
 use crate::{
@@ -276,7 +277,7 @@ impl Router {
         &self.ledger
     }
 
-    #[tracing::instrument(skip_all, fields(system = %request.system_id, outcome, tier_served, escalated))]
+    #[tracing::instrument(name = "route_request", skip_all, fields(request_id = %request_id, system = %request.system_id, outcome, tier_served, escalated))]
     pub async fn handle(&self, request_id: &str, request: ChatRequest) -> Result<Routed, RoutingError> {
         let system = self
             .read_systems()
@@ -296,7 +297,12 @@ impl Router {
         });
         let tier_count = system.tiers.len();
         let started = Instant::now();
-        let route = system.policy.evaluate(Gate::Route, &base_input, tier_count);
+        let route_span = tracing::info_span!("policy.route", gate = "route", decision = tracing::field::Empty, start_tier = tracing::field::Empty);
+        let route = route_span.in_scope(|| system.policy.evaluate(Gate::Route, &base_input, tier_count));
+        route_span.record("decision", route.action.as_str());
+        if let Some(tier) = route.tier {
+            route_span.record("start_tier", tier);
+        }
         self.metrics.policy_seconds.with_label_values(&["route"]).observe(route.eval_us as f64 / 1e6);
         let mut record = entry::EntryBuilder::new(&system, &request, base_input.clone(), route.clone(), self.store_text);
         let shadow = self.shadow(&system.reference.id);
@@ -318,7 +324,20 @@ impl Router {
                     }
                     other => other,
                 };
-                let (attempt, accept) = self.attempt(&system, tier, &request, &base_input, admission).await;
+                let attempt_span = tracing::info_span!(
+                    "tier.attempt",
+                    tier = tier.index,
+                    tier_name = %tier.name,
+                    model = %tier.model,
+                    error = tracing::field::Empty,
+                    decision = tracing::field::Empty,
+                );
+                let (attempt, accept) =
+                    self.attempt(&system, tier, &request, &base_input, admission).instrument(attempt_span.clone()).await;
+                attempt_span.record("decision", accept.action.as_str());
+                if let Some(error) = &attempt.error {
+                    attempt_span.record("error", error.as_str());
+                }
                 self.metrics.policy_seconds.with_label_values(&["accept"]).observe(accept.eval_us as f64 / 1e6);
                 record.push_attempt(tier, &attempt, &accept);
                 if let Some(shadow) = &shadow {
@@ -372,7 +391,9 @@ impl Router {
             record.set_shadow(shadow, shadow_route, shadow_accepts);
         }
         let draft = record.finish(request_id, outcome, answer.as_ref(), escalated);
-        let appended = self.ledger.append(draft).await.map_err(RoutingError::LedgerUnavailable)?;
+        let commit_span = tracing::info_span!("ledger.commit", ledger_index = tracing::field::Empty);
+        let appended = self.ledger.append(draft).instrument(commit_span.clone()).await.map_err(RoutingError::LedgerUnavailable)?;
+        commit_span.record("ledger_index", appended.index);
 
         let span = tracing::Span::current();
         span.record("outcome", outcome.as_str());
@@ -457,7 +478,9 @@ impl Router {
             "latency_ms": attempt.latency_ms,
             "signals": attempt.signals,
         });
-        let decision = system.policy.evaluate(Gate::Accept, &input, system.tiers.len());
+        let accept_span = tracing::info_span!("policy.accept", gate = "accept", tier = tier.index, decision = tracing::field::Empty);
+        let decision = accept_span.in_scope(|| system.policy.evaluate(Gate::Accept, &input, system.tiers.len()));
+        accept_span.record("decision", decision.action.as_str());
         (Attempt { accept_input: input, ..attempt }, decision)
     }
 }

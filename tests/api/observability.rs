@@ -163,3 +163,110 @@ async fn a_shift_in_prompt_length_is_flagged_as_drift_in_metrics_the_endpoint_an
     assert_eq!(entry["entry"]["drift"]["system"], "always-small");
     assert!(entry["entry"]["drift"]["psi"].as_f64().unwrap() > 0.2);
 }
+
+/// A stand-in OTLP/HTTP collector: accepts every POST and keeps its body.
+fn capture_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = received.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let sink = sink.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((name, value)) = line.split_once(':') {
+                            if name.eq_ignore_ascii_case("content-length") {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    sink.lock().unwrap().extend(body);
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (address, received)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_of_each_gate_attempt_and_ledger_commit_are_exported_over_otlp_when_configured() {
+    use std::io::BufRead;
+    if crate::BACKEND == crate::helpers::Backend::Postgres {
+        return; // runs the binary on its default SQLite file: once is enough
+    }
+    let (collector, received) = capture_collector();
+    let data_dir = std::env::temp_dir().join(format!("tiergate-otlp-{}", uuid::Uuid::new_v4()));
+    let admin = format!("tg_{}.{}", &uuid::Uuid::new_v4().simple().to_string()[..16], uuid::Uuid::new_v4().simple());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"))
+        .arg("serve")
+        .env("TIERGATE_BIND", "127.0.0.1:0")
+        .env("TIERGATE_DATA_DIR", &data_dir)
+        .env("TIERGATE_BOOTSTRAP_ADMIN_KEY", &admin)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while stdout.read_line(&mut line).unwrap() > 0 && !line.starts_with("tiergate listening on ") {
+        line.clear();
+    }
+    let address = line.trim().strip_prefix("tiergate listening on ").unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let app: Value = client
+        .post(format!("{address}/v1/keys"))
+        .bearer_auth(&admin)
+        .json(&json!({"subject": "traced", "roles": ["app"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let served = client
+        .post(format!("{address}/v1/chat/completions"))
+        .bearer_auth(app["token"].as_str().unwrap())
+        .header("x-request-id", "otlp-traced-request-7")
+        .json(&user_message("support-triage", "Hi"))
+        .send()
+        .await
+        .unwrap();
+    assert!(served.status().is_success());
+
+    // Protobuf carries strings as raw bytes: the names and values can be found in the bodies.
+    let expected = ["otlp-traced-request-7", "route_request", "policy.route", "tier.attempt", "policy.accept", "ledger.commit", "support-triage", "tiergate"];
+    let mut missing = expected.to_vec();
+    for _ in 0..100 {
+        let bodies = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();
+        missing.retain(|name| !bodies.contains(name));
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(missing.is_empty(), "not exported: {missing:?}");
+}
