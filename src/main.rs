@@ -211,9 +211,26 @@ fn read_workload(path: &std::path::Path, limit: Option<usize>) -> anyhow::Result
     Ok((items, sha256))
 }
 
-fn check_format(format: &str) -> anyhow::Result<()> {
+/// What compare and calibrate share before they run: the output format checked, logs only
+/// when asked for (the scratch gateway would drown the report), the settings.
+fn evidence_settings(args: &SettingsArgs, format: &str) -> anyhow::Result<Settings> {
     anyhow::ensure!(matches!(format, "markdown" | "json"), "--format must be markdown or json, not {format:?}");
-    Ok(())
+    if std::env::var_os("RUST_LOG").is_some() {
+        telemetry::init();
+    }
+    Settings::load(args)
+}
+
+/// Writes `files` into `out_dir` (when given) and prints the Markdown or the JSON.
+fn emit(format: &str, markdown: &str, json: &str, out_dir: Option<&std::path::Path>, files: &[(&str, &str)]) -> anyhow::Result<ExitCode> {
+    if let Some(dir) = out_dir {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for (name, content) in files {
+            std::fs::write(dir.join(name), content).with_context(|| format!("writing {name} in {}", dir.display()))?;
+        }
+    }
+    println!("{}", if format == "json" { json } else { markdown });
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn compare(
@@ -225,23 +242,13 @@ async fn compare(
     format: &str,
     out_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
-    check_format(format)?;
-    if std::env::var_os("RUST_LOG").is_some() {
-        telemetry::init();
-    }
-    let settings = Settings::load(args)?;
+    let settings = evidence_settings(args, format)?;
     let (items, _) = read_workload(workload, limit)?;
     let report = evidence::compare::compare(&settings, system, &workload.display().to_string(), &items, concurrency).await?;
     let markdown = evidence::compare::markdown(&report);
     let json = serde_json::to_string_pretty(&report)?;
-    if let Some(dir) = out_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("compare.md"), &markdown)?;
-        std::fs::write(dir.join("compare.json"), &json)?;
-        std::fs::write(dir.join("compare.svg"), evidence::compare::chart(&report))?;
-    }
-    println!("{}", if format == "json" { &json } else { &markdown });
-    Ok(ExitCode::SUCCESS)
+    let chart = evidence::compare::chart(&report);
+    emit(format, &markdown, &json, out_dir, &[("compare.md", &markdown), ("compare.json", &json), ("compare.svg", &chart)])
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -255,11 +262,7 @@ async fn calibrate(
     format: &str,
     out_dir: Option<&std::path::Path>,
 ) -> anyhow::Result<ExitCode> {
-    check_format(format)?;
-    if std::env::var_os("RUST_LOG").is_some() {
-        telemetry::init();
-    }
-    let settings = Settings::load(args)?;
+    let settings = evidence_settings(args, format)?;
     let (items, sha256) = read_workload(workload, limit)?;
     let mut report = evidence::calibrate::calibrate(&settings, system, &workload.display().to_string(), &sha256, &items, target_accuracy).await?;
     // Stored in the deployment's registry, where a reviewer approves it and policy data cites it.
@@ -287,13 +290,7 @@ async fn calibrate(
         ))
     );
     let json = serde_json::to_string_pretty(&serde_json::json!({"report": report, "stored": citation}))?;
-    if let Some(dir) = out_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::write(dir.join("calibration.md"), &markdown)?;
-        std::fs::write(dir.join("calibration.json"), &json)?;
-    }
-    println!("{}", if format == "json" { &json } else { &markdown });
-    Ok(ExitCode::SUCCESS)
+    emit(format, &markdown, &json, out_dir, &[("calibration.md", &markdown), ("calibration.json", &json)])
 }
 
 fn print_openapi() -> anyhow::Result<ExitCode> {

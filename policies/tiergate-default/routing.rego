@@ -54,6 +54,16 @@ min_mean := thresholds.min_mean_logprob_by_tier[input.attempt.tier] if {
 
 failed if input.attempt.error != null
 
+# The optional self-check (system card `escalation.self_check`): the model's own P(yes) that its
+# answer is correct must reach `min_self_check_yes` when the card sets one. A missing signal
+# (the check gave no yes/no) counts as failing it.
+self_check_yes := round(object.get(input.attempt.signals, "self_check_yes", 0) * 1000) / 1000
+
+self_check_fails if {
+	is_number(thresholds.min_self_check_yes)
+	not object.get(input.attempt.signals, "self_check_yes", -1) >= thresholds.min_self_check_yes
+}
+
 accept := {
 	"action": "escalate",
 	"reasons": [sprintf("tier %d failed (%s): try the next tier", [input.attempt.tier, input.attempt.error])],
@@ -65,6 +75,17 @@ accept := {
 	"reasons": [sprintf("tier %d failed (%s) and no tier is left", [input.attempt.tier, input.attempt.error])],
 } if {
 	failed
+} else := {
+	"action": "escalate",
+	"reasons": [sprintf("self-check P(yes) %v is below %v: escalate", [self_check_yes, thresholds.min_self_check_yes])],
+} if {
+	self_check_fails
+	input.attempt.tiers_left > 0
+} else := {
+	"action": "review",
+	"reasons": [sprintf("self-check P(yes) %v is below %v on the last tier: hold for human review", [self_check_yes, thresholds.min_self_check_yes])],
+} if {
+	self_check_fails
 } else := {
 	"action": "accept",
 	"reasons": [sprintf("mean token logprob %v is at or above the threshold %v", [mean_logprob, min_mean])],

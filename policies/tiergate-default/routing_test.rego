@@ -77,3 +77,13 @@ test_policy_data_thresholds_override_the_system_card if {
 		with data.systems as calibrated
 	other.action == "accept"
 }
+
+test_a_failed_self_check_escalates_a_confident_answer if {
+	sure := {"min_mean_logprob": -1.0, "min_self_check_yes": 0.6}
+	doubtful := object.union(attempt(0, -0.2, 1), {"signals": {"mean_logprob": -0.2, "self_check_yes": 0.3}})
+	escalated := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": sure, "attempt": doubtful}
+	escalated.action == "escalate"
+	convinced := object.union(attempt(0, -0.2, 1), {"signals": {"mean_logprob": -0.2, "self_check_yes": 0.9}})
+	accepted := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": sure, "attempt": convinced}
+	accepted.action == "accept"
+}

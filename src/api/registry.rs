@@ -661,16 +661,6 @@ async fn tier_prices(state: &AppState, entries: &[Value]) -> Result<TierPrices, 
     Ok(prices)
 }
 
-fn rfc3339(name: &str, value: Option<String>) -> Result<Option<String>, ApiError> {
-    value
-        .map(|text| {
-            chrono::DateTime::parse_from_rfc3339(&text)
-                .map(|t| t.with_timezone(&chrono::Utc).to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
-                .map_err(|e| ApiError::InvalidRequest(format!("{name}: {text:?} is not an RFC 3339 time ({e})")))
-        })
-        .transpose()
-}
-
 /// Replay a candidate bundle version against recorded traffic: its gates are evaluated on the
 /// inputs the ledger kept for each request in the range, and compared with what was decided.
 /// Reports every request where it differs, and totals before/after: escalation and
@@ -696,8 +686,8 @@ pub async fn replay_policy(state: web::Data<AppState>, path: web::Path<(String, 
     let filter = LedgerFilter {
         from_index: request.from_index.map(|i| i as i64),
         to_index: request.to_index.map(|i| i as i64),
-        since: rfc3339("since", request.since)?,
-        until: rfc3339("until", request.until)?,
+        since: super::ledger::rfc3339_param("since", &request.since)?,
+        until: super::ledger::rfc3339_param("until", &request.until)?,
         system_id: request.system,
         ..LedgerFilter::default()
     };

@@ -177,7 +177,8 @@ pub async fn record_verdict(state: web::Data<AppState>, caller: Caller, index: w
         }),
     };
     let appended = tx.commit(entry).await?;
-    count_feedback(&state, &held.system_id, index as u64, correct).await;
+    let answered = state.router.ledger().entry(index as u64).await?.unwrap_or(Value::Null);
+    count_feedback(&state, &held.system_id, &answered, correct);
     Ok(HttpResponse::Ok().json(Recorded { ledger_index: appended.index }))
 }
 
@@ -213,9 +214,13 @@ pub async fn record_feedback(state: web::Data<AppState>, caller: Caller, body: w
     let (index, entry) = match (request.ledger_index, &request.request_id) {
         (Some(index), None) => (index, ledger.entry(index).await?),
         (None, Some(request_id)) => {
-            let filter = crate::store::LedgerFilter { entry_type: Some("inference".into()), limit: 100_000, ..Default::default() };
-            // Request ids are unique per request; the scan is bounded by the ledger's size.
-            let found = ledger.query(&filter).await?.into_iter().find(|r| &r.request_id == request_id);
+            let filter = crate::store::LedgerFilter {
+                entry_type: Some("inference".into()),
+                request_id: Some(request_id.clone()),
+                limit: 1,
+                ..Default::default()
+            };
+            let found = ledger.query(&filter).await?.into_iter().next();
             match found {
                 Some(record) => (record.index, Some(record.entry)),
                 None => return Err(ApiError::NotFound(format!("request_id: no answer with request id {request_id:?}"))),
@@ -250,14 +255,13 @@ pub async fn record_feedback(state: web::Data<AppState>, caller: Caller, body: w
         }),
     };
     let appended = ledger.append(draft).await.map_err(|e| ApiError::Unavailable(format!("the ledger cannot record feedback right now: {e:#}")))?;
-    count_feedback(&state, &system, index, request.correct).await;
+    count_feedback(&state, &system, &entry, request.correct);
     Ok(HttpResponse::Ok().json(Recorded { ledger_index: appended.index }))
 }
 
 /// `tiergate_feedback_total{system, tier_served, escalated, correct}`: accuracy of answers
 /// served by the small tier against escalated ones.
-async fn count_feedback(state: &AppState, system: &str, index: u64, correct: bool) {
-    let entry = state.router.ledger().entry(index).await.ok().flatten().unwrap_or(Value::Null);
+fn count_feedback(state: &AppState, system: &str, entry: &Value, correct: bool) {
     let tier = entry.get("served_tier").and_then(Value::as_u64).map_or_else(|| "none".to_owned(), |t| t.to_string());
     let escalated = entry.get("escalated").and_then(Value::as_bool).unwrap_or(false);
     state

@@ -88,6 +88,33 @@ impl MistralRuntime {
             token_texts,
             prompt_tokens: response.usage.prompt_tokens as u64,
             completion_tokens: response.usage.completion_tokens as u64,
+            self_check_yes: None,
         })
+    }
+
+    /// One greedy token for `turns`, with its top alternatives: P("yes") among them.
+    pub async fn yes_probability(&self, turns: &[Turn]) -> anyhow::Result<Option<f64>> {
+        let mut request = RequestBuilder::new();
+        for turn in turns {
+            request = request.add_message(TextMessageRole::User, &turn.content);
+        }
+        let request = request.set_deterministic_sampler().return_logprobs(true).set_sampler_topn_logprobs(10).set_sampler_max_len(1);
+        let response = self
+            .model
+            .send_chat_request(request)
+            .await
+            .map_err(|e| anyhow::anyhow!("mistral.rs self-check failed: {e}"))?;
+        let first = response
+            .choices
+            .into_iter()
+            .next()
+            .and_then(|c| c.logprobs)
+            .and_then(|l| l.content)
+            .and_then(|tokens| tokens.into_iter().next());
+        Ok(first.and_then(|token| {
+            let alternatives: Vec<(String, f64)> =
+                token.top_logprobs.iter().filter_map(|t| Some((t.bytes.clone()?, f64::from(t.logprob)))).collect();
+            super::yes_probability(Some((&token.token, f64::from(token.logprob))), &alternatives)
+        }))
     }
 }

@@ -65,6 +65,16 @@ impl TierRuntime {
         }
     }
 
+    /// Asks the tier's model whether `answer` answers `turns` correctly; P("yes").
+    pub async fn self_check(&self, turns: &[Turn], answer: &str) -> anyhow::Result<f64> {
+        let turns = self_check_turns(turns, answer);
+        let probability = match self {
+            TierRuntime::Local(runtime) => runtime.yes_probability(&turns).await?,
+            TierRuntime::Remote(runtime) => runtime.yes_probability(&turns).await?,
+        };
+        probability.ok_or_else(|| anyhow::anyhow!("the self-check reply began with neither yes nor no"))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             TierRuntime::Local(_) => "mistralrs-gguf",
@@ -83,6 +93,38 @@ pub struct Generation {
     pub token_texts: Vec<String>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
+    /// The same model's probability that this answer is correct, when the system asks it
+    /// (`escalation.self_check`).
+    pub self_check_yes: Option<f64>,
+}
+
+/// The question a tier is asked about its own answer; the probability of "yes" as the first
+/// token of the reply is the self-check signal.
+pub(crate) fn self_check_turns(turns: &[Turn], answer: &str) -> Vec<Turn> {
+    let question = turns.iter().rev().find(|t| t.role == Role::User).map_or("", |t| t.content.as_str());
+    vec![Turn {
+        role: Role::User,
+        content: format!("Question:\n{question}\n\nProposed answer:\n{answer}\n\nIs the proposed answer correct? Reply with yes or no."),
+    }]
+}
+
+/// P("yes") from the reply's first token: over its alternatives when the runtime gives them
+/// (normalised over the yes and no forms), else from the chosen token alone.
+pub(crate) fn yes_probability(chosen: Option<(&str, f64)>, alternatives: &[(String, f64)]) -> Option<f64> {
+    let is = |token: &str, word: &str| token.trim().trim_end_matches(['.', ',', '!']).eq_ignore_ascii_case(word);
+    let mass = |word: &str| alternatives.iter().filter(|(t, _)| is(t, word)).map(|(_, lp)| lp.exp()).sum::<f64>();
+    let (yes, no) = (mass("yes"), mass("no"));
+    if yes + no > 0.0 {
+        return Some(yes / (yes + no));
+    }
+    let (token, logprob) = chosen?;
+    if is(token, "yes") {
+        Some(logprob.exp())
+    } else if is(token, "no") {
+        Some(1.0 - logprob.exp())
+    } else {
+        None
+    }
 }
 
 /// Confidence signals derived from the generated tokens' own log-probabilities.
@@ -95,6 +137,9 @@ pub struct Signals {
     pub low_prob_share: f64,
     pub completion_tokens: u64,
     pub finish_reason: String,
+    /// The model's own probability that its answer is correct (only with `self_check`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub self_check_yes: Option<f64>,
 }
 
 /// Tokens below this log-probability (ln 0.1) count as low-probability choices.
@@ -124,6 +169,7 @@ impl Signals {
             low_prob_share: low,
             completion_tokens: generation.completion_tokens,
             finish_reason: generation.finish_reason.clone(),
+            self_check_yes: generation.self_check_yes,
         }
     }
 }
@@ -145,7 +191,17 @@ mod tests {
             token_logprobs: logprobs,
             token_texts: Vec::new(),
             prompt_tokens: 3,
+            self_check_yes: None,
         }
+    }
+
+    #[test]
+    fn the_yes_probability_comes_from_the_alternatives_or_else_the_chosen_token() {
+        let alternatives = vec![("Yes".to_owned(), 0.5f64.ln()), (" no".to_owned(), 0.25f64.ln()), ("maybe".to_owned(), 0.25f64.ln())];
+        let p = yes_probability(Some(("Yes", 0.5f64.ln())), &alternatives).unwrap();
+        assert!((p - 2.0 / 3.0).abs() < 1e-9, "{p}");
+        assert!((yes_probability(Some(("No.", 0.8f64.ln())), &[]).unwrap() - 0.2).abs() < 1e-9);
+        assert_eq!(yes_probability(Some(("Perhaps", -0.1)), &[]), None);
     }
 
     #[test]

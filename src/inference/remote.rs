@@ -60,7 +60,29 @@ impl RemoteRuntime {
             "temperature": decoding.temperature,
             "logprobs": true,
         });
-        let mut request = self.client.post(&self.url).json(&body);
+        let value = self.post(&body).await?;
+        parse_completion(&value).with_context(|| format!("remote tier {}", self.url))
+    }
+
+    /// One greedy token for `turns`, with its top alternatives when the server gives them:
+    /// P("yes") among them.
+    pub async fn yes_probability(&self, turns: &[Turn]) -> anyhow::Result<Option<f64>> {
+        let messages: Vec<Value> = turns.iter().map(|t| json!({"role": "user", "content": t.content})).collect();
+        let body = json!({"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": true, "top_logprobs": 10});
+        let value = self.post(&body).await?;
+        let first = value.pointer("/choices/0/logprobs/content/0");
+        let chosen = first.and_then(|t| Some((t.get("token")?.as_str()?, t.get("logprob")?.as_f64()?)));
+        let alternatives: Vec<(String, f64)> = first
+            .and_then(|t| t.get("top_logprobs"))
+            .and_then(Value::as_array)
+            .map(|top| top.iter().filter_map(|t| Some((t.get("token")?.as_str()?.to_owned(), t.get("logprob")?.as_f64()?))).collect())
+            .unwrap_or_default();
+        Ok(super::yes_probability(chosen, &alternatives))
+    }
+
+    /// Sends one chat-completion request; the answer's JSON, or why there is none.
+    async fn post(&self, body: &Value) -> anyhow::Result<Value> {
+        let mut request = self.client.post(&self.url).json(body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -75,8 +97,7 @@ impl RemoteRuntime {
             let snippet: String = text.chars().take(300).collect();
             anyhow::bail!("remote tier {} answered {status}: {snippet}", self.url);
         }
-        let value: Value = serde_json::from_str(&text).with_context(|| format!("remote tier {}: the answer is not JSON", self.url))?;
-        parse_completion(&value).with_context(|| format!("remote tier {}", self.url))
+        serde_json::from_str(&text).with_context(|| format!("remote tier {}: the answer is not JSON", self.url))
     }
 }
 
@@ -114,6 +135,7 @@ fn parse_completion(value: &Value) -> anyhow::Result<Generation> {
         token_texts,
         prompt_tokens: usage("prompt_tokens"),
         completion_tokens: usage("completion_tokens"),
+        self_check_yes: None,
     })
 }
 

@@ -123,6 +123,7 @@ impl SystemLoader {
             digest: version.digest.clone(),
             tiers,
             policy,
+            self_check: card.escalation.get("self_check").and_then(Value::as_bool).unwrap_or(false),
             thresholds: serde_json::to_value(&card.escalation).context("encoding thresholds")?,
         })
     }

@@ -432,7 +432,20 @@ impl Router {
             // Not run (circuit open, or a later tier's queue full): the policy decides what next.
             Err(refusal) => Err(anyhow::anyhow!("tier {} was not run: {refusal}", tier.index)),
             Ok(_slot) => {
-                let generation = tier.runtime.generate(&request.turns, &decoding);
+                // The self-check is part of the attempt: under the same slot and time budget.
+                let generation = async {
+                    let mut generation = tier.runtime.generate(&request.turns, &decoding).await?;
+                    if system.self_check {
+                        generation.self_check_yes = match tier.runtime.self_check(&request.turns, &generation.text).await {
+                            Ok(probability) => Some(probability),
+                            Err(error) => {
+                                tracing::warn!(tier = tier.index, error = %format!("{error:#}"), "self-check gave no signal");
+                                None
+                            }
+                        };
+                    }
+                    anyhow::Ok(generation)
+                };
                 let result = match tier.time_budget {
                     Some(budget) => tokio::time::timeout(budget, generation).await.unwrap_or_else(|_| {
                         Err(anyhow::anyhow!("tier {} exceeded its time budget of {} ms", tier.index, budget.as_millis()))

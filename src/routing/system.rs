@@ -17,6 +17,8 @@ pub struct SystemRoute {
     pub digest: String,
     pub tiers: Vec<TierRoute>,
     pub policy: Arc<CompiledBundle>,
+    /// Ask each tier's model whether its answer is correct (`escalation.self_check`).
+    pub self_check: bool,
     /// The card's escalation thresholds, handed to the policy as `input.thresholds`.
     pub thresholds: Value,
 }

@@ -22,6 +22,7 @@ pub struct LedgerFilter {
     pub outcome: Option<String>,
     pub served_tier: Option<i64>,
     pub entry_type: Option<String>,
+    pub request_id: Option<String>,
     pub limit: i64,
 }
 
@@ -192,6 +193,7 @@ impl Store {
             ("policy =", &filter.policy),
             ("outcome =", &filter.outcome),
             ("entry_type =", &filter.entry_type),
+            ("request_id =", &filter.request_id),
         ] {
             if let Some(value) = value {
                 conditions.push(format!("{sql} ${next}"));

@@ -1,9 +1,6 @@
 //! Access control: keys, roles per endpoint group, scopes, four-eyes by identity, limits, secrecy.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-};
+use std::process::Stdio;
 
 use serde_json::{Value, json};
 
@@ -228,52 +225,19 @@ async fn no_secret_appears_in_logs_the_ledger_or_responses_after_creation() {
     std::fs::create_dir_all(&data_dir).unwrap();
     let log = data_dir.join("stderr.log");
     let admin = "tg_00112233445566aa.bootstrap-secret-do-not-print";
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .arg("serve")
-        .env("TIERGATE_BIND", "127.0.0.1:0")
-        .env("TIERGATE_DATA_DIR", &data_dir)
-        .env("TIERGATE_BOOTSTRAP_ADMIN_KEY", admin)
-        .env("RUST_LOG", "debug")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut printed = String::new();
-    let mut line = String::new();
-    while stdout.read_line(&mut line).unwrap() > 0 && !line.starts_with("tiergate listening on ") {
-        printed.push_str(&line);
-        line.clear();
-    }
-    let address = line.trim().strip_prefix("tiergate listening on ").unwrap().to_owned();
+    let server = crate::helpers::serve_binary(
+        &[],
+        &[("TIERGATE_DATA_DIR", data_dir.as_os_str()), ("TIERGATE_BOOTSTRAP_ADMIN_KEY", admin.as_ref()), ("RUST_LOG", "debug".as_ref())],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    let (address, printed) = (server.address.clone(), server.printed.clone());
     let client = reqwest::Client::new();
 
-    let issued: Value = client
-        .post(format!("{address}/v1/keys"))
-        .bearer_auth(admin)
-        .json(&json!({"subject": "svc", "roles": ["app"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = issued["token"].as_str().unwrap().to_owned();
+    let token = crate::helpers::issue_key_at(&client, &address, admin, json!({"subject": "svc", "roles": ["app"]})).await;
     let (key_id, secret) = token.trim_start_matches("tg_").split_once('.').unwrap();
     let served = client.post(format!("{address}/v1/chat/completions")).bearer_auth(&token).json(&user_message("support-triage", "Hi")).send().await.unwrap();
     let forbidden = client.get(format!("{address}/v1/keys")).bearer_auth(&token).send().await.unwrap();
-    let auditor: Value = client
-        .post(format!("{address}/v1/keys"))
-        .bearer_auth(admin)
-        .json(&json!({"subject": "audit", "roles": ["auditor"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let auditor = auditor["token"].as_str().unwrap().to_owned();
+    let auditor = crate::helpers::issue_key_at(&client, &address, admin, json!({"subject": "audit", "roles": ["auditor"]})).await;
     let mut seen = String::new();
     for (path, key) in [("/v1/keys", admin), ("/v1/keys/me", admin), (&format!("/v1/keys/{key_id}") as &str, admin), ("/v1/ledger/export", &auditor)] {
         let response = client.get(format!("{address}{path}")).bearer_auth(key).send().await.unwrap();
@@ -281,8 +245,7 @@ async fn no_secret_appears_in_logs_the_ledger_or_responses_after_creation() {
         seen.push_str(&response.text().await.unwrap());
     }
     assert!(seen.contains(key_id), "the key is listed, by id");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(server); // killed: the logs and the database are complete
     let logs = std::fs::read_to_string(&log).unwrap();
     let mut database = std::fs::read(data_dir.join("tiergate.db")).unwrap();
     database.extend(std::fs::read(data_dir.join("tiergate.db-wal")).unwrap_or_default());

@@ -135,20 +135,53 @@ pub async fn spawn_app_with(mut settings: Settings) -> TestApp {
     app
 }
 
+/// Issues a key at the gateway at `address` with an admin key; returns its token.
+pub async fn issue_key_at(client: &reqwest::Client, address: &str, admin_token: &str, request: Value) -> String {
+    let response = client.post(format!("{address}/v1/keys")).bearer_auth(admin_token).json(&request).send().await.expect("request is sent");
+    assert_eq!(response.status(), 201, "issuing {request}");
+    let body: Value = response.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// `tiergate serve` as a process: killed (SIGKILL) when dropped, so a failing test leaves none.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub address: String,
+    /// What it printed on stdout before it listened (the first admin key, on a first start).
+    pub printed: String,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary with `args` and `envs` (from the repository, port 0 unless `args` say
+/// otherwise) and waits until it prints the address it listens on.
+pub fn serve_binary(args: &[&std::ffi::OsStr], envs: &[(&str, &std::ffi::OsStr)], stderr: std::process::Stdio) -> ServeProcess {
+    use std::io::BufRead;
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"));
+    command.arg("serve").args(args).env("TIERGATE_BIND", "127.0.0.1:0").current_dir(env!("CARGO_MANIFEST_DIR"));
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    let mut child = command.stdout(std::process::Stdio::piped()).stderr(stderr).spawn().expect("the binary starts");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (mut printed, mut line) = (String::new(), String::new());
+    while stdout.read_line(&mut line).unwrap() > 0 && !line.starts_with("tiergate listening on ") {
+        printed.push_str(&line);
+        line.clear();
+    }
+    let address = line.trim().strip_prefix("tiergate listening on ").unwrap_or_default().to_owned();
+    ServeProcess { child, address, printed }
+}
+
 impl TestApp {
     /// Issues a key with the admin key and returns its token.
     pub async fn issue_key(&self, request: Value) -> String {
-        let response = self
-            .client
-            .post(format!("{}/v1/keys", self.address))
-            .bearer_auth(&self.admin_token)
-            .json(&request)
-            .send()
-            .await
-            .expect("request is sent");
-        assert_eq!(response.status(), 201, "issuing {request}");
-        let body: Value = response.json().await.unwrap();
-        body["token"].as_str().unwrap().to_owned()
+        issue_key_at(&self.client, &self.address, &self.admin_token, request).await
     }
 
     /// The key of a person (author, approver and auditor), issued on first use.

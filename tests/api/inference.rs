@@ -197,3 +197,41 @@ async fn a_prompt_longer_than_the_context_is_a_400_recorded_in_the_ledger_that_o
     let served = app.chat(user_message("always-small", "Hi")).await;
     assert_eq!(served.status(), 200, "{}", served.text().await.unwrap());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_optional_self_check_asks_the_model_and_hands_p_yes_to_the_accept_gate() {
+    let mut settings = test_settings();
+    let card = |id: &str, min_yes: &str| {
+        format!(
+            "kind: system-card\nid: {id}\npurpose: test\npolicy: tiergate-default@1\ntiers:\n\
+             - {{name: small, model: \"{SMALL_MODEL}\", decoding: {{max_tokens: 8, temperature: 0.0}}}}\n\
+             - {{name: large, model: \"{SMALL_MODEL}\", decoding: {{max_tokens: 8, temperature: 0.0}}}}\n\
+             escalation: {{min_mean_logprob: -1000.0, self_check: true{min_yes}}}\n"
+        )
+    };
+    settings.cards_dirs.push(cards_dir(&[
+        ("checked.yaml", card("self-checked", "")),
+        ("strict.yaml", card("self-checked-strict", ", min_self_check_yes: 1.0")),
+    ]));
+    let app = spawn_app_with(settings).await;
+
+    let checked: Value = app.chat(user_message("self-checked", "What is the capital of France?")).await.json().await.unwrap();
+    let entry = app.ledger_entry(checked["tiergate"]["ledger_index"].as_u64().unwrap()).await;
+    let signals = &entry["attempts"][0]["accept"]["input"]["attempt"]["signals"];
+    let p_yes = signals["self_check_yes"].as_f64().unwrap_or_else(|| panic!("no self-check signal: {signals}"));
+    assert!((0.0..=1.0).contains(&p_yes), "{p_yes}");
+    assert_eq!(checked["tiergate"]["tier_served"], 0, "no threshold on it: the confident answer is accepted");
+
+    // With a threshold the model's doubt cannot meet (below 1), the same answer is escalated.
+    let strict: Value = app.chat(user_message("self-checked-strict", "What is the capital of France?")).await.json().await.unwrap();
+    let strict_entry = app.ledger_entry(strict["tiergate"]["ledger_index"].as_u64().unwrap()).await;
+    let strict_yes = strict_entry["attempts"][0]["accept"]["input"]["attempt"]["signals"]["self_check_yes"].as_f64().unwrap();
+    assert_eq!(strict_yes, p_yes, "greedy: the same question gets the same self-check");
+    let first_decision = &strict_entry["attempts"][0]["accept"]["decision"];
+    if strict_yes < 1.0 {
+        assert_eq!(first_decision["action"], "escalate", "{first_decision}");
+        assert!(first_decision["reasons"][0].as_str().unwrap().contains("self-check"), "{first_decision}");
+    } else {
+        assert_eq!(first_decision["action"], "accept", "P(yes) = 1 meets the threshold: {first_decision}");
+    }
+}

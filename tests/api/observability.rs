@@ -209,45 +209,28 @@ fn capture_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn spans_of_each_gate_attempt_and_ledger_commit_are_exported_over_otlp_when_configured() {
-    use std::io::BufRead;
     if crate::BACKEND == crate::helpers::Backend::Postgres {
         return; // runs the binary on its default SQLite file: once is enough
     }
     let (collector, received) = capture_collector();
     let data_dir = std::env::temp_dir().join(format!("tiergate-otlp-{}", uuid::Uuid::new_v4()));
     let admin = format!("tg_{}.{}", &uuid::Uuid::new_v4().simple().to_string()[..16], uuid::Uuid::new_v4().simple());
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .arg("serve")
-        .env("TIERGATE_BIND", "127.0.0.1:0")
-        .env("TIERGATE_DATA_DIR", &data_dir)
-        .env("TIERGATE_BOOTSTRAP_ADMIN_KEY", &admin)
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while stdout.read_line(&mut line).unwrap() > 0 && !line.starts_with("tiergate listening on ") {
-        line.clear();
-    }
-    let address = line.trim().strip_prefix("tiergate listening on ").unwrap().to_owned();
+    let server = crate::helpers::serve_binary(
+        &[],
+        &[
+            ("TIERGATE_DATA_DIR", data_dir.as_os_str()),
+            ("TIERGATE_BOOTSTRAP_ADMIN_KEY", admin.as_ref()),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_ref()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".as_ref()),
+        ],
+        std::process::Stdio::null(),
+    );
+    let address = server.address.clone();
     let client = reqwest::Client::new();
-    let app: Value = client
-        .post(format!("{address}/v1/keys"))
-        .bearer_auth(&admin)
-        .json(&json!({"subject": "traced", "roles": ["app"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let app_token = crate::helpers::issue_key_at(&client, &address, &admin, json!({"subject": "traced", "roles": ["app"]})).await;
     let served = client
         .post(format!("{address}/v1/chat/completions"))
-        .bearer_auth(app["token"].as_str().unwrap())
+        .bearer_auth(&app_token)
         .header("x-request-id", "otlp-traced-request-7")
         .json(&user_message("support-triage", "Hi"))
         .send()
@@ -266,7 +249,6 @@ async fn spans_of_each_gate_attempt_and_ledger_commit_are_exported_over_otlp_whe
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(server);
     assert!(missing.is_empty(), "not exported: {missing:?}");
 }

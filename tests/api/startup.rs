@@ -1,6 +1,6 @@
 //! Start-up: idempotent seeding, refusing unverified weights, and the binary's port-0 contract.
 
-use std::{io::{BufRead, BufReader}, process::{Command, Stdio}};
+use std::process::Stdio;
 
 use crate::helpers::{spawn_app_with, test_settings};
 use tiergate::startup::Application;
@@ -52,34 +52,17 @@ async fn weights_that_do_not_match_the_model_card_are_refused_at_load() {
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_on_port_zero_prints_the_bound_address_and_takes_settings_from_the_environment() {
     let data_dir = std::env::temp_dir().join(format!("tiergate-bin-{}", uuid::Uuid::new_v4()));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .arg("serve")
-        .env("TIERGATE_BIND", "127.0.0.1:0")
-        .env("TIERGATE_DATA_DIR", &data_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
     // The first start has no API key: it prints the first admin key once, then the address.
-    let mut printed = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while stdout.read_line(&mut line).unwrap() > 0 && !line.starts_with("tiergate listening on ") {
-        printed.push_str(&line);
-        line.clear();
-    }
-
-    let address = line.trim().strip_prefix("tiergate listening on ").unwrap_or_default().to_owned();
+    let server = crate::helpers::serve_binary(&[], &[("TIERGATE_DATA_DIR", data_dir.as_os_str())], Stdio::null());
+    let (address, printed) = (server.address.clone(), server.printed.clone());
     let admin_key = printed.split_whitespace().find(|word| word.starts_with("tg_")).unwrap_or_default().to_owned();
     let health = reqwest::get(format!("{address}/healthz")).await.map(|r| r.status().as_u16());
     let client = reqwest::Client::new();
     let me: serde_json::Value = client.get(format!("{address}/v1/keys/me")).bearer_auth(&admin_key).send().await.unwrap().json().await.unwrap();
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(server);
 
-    assert!(address.starts_with("http://127.0.0.1:"), "{line:?}");
-    assert!(!address.ends_with(":0"), "{line:?}");
+    assert!(address.starts_with("http://127.0.0.1:"), "{address:?}");
+    assert!(!address.ends_with(":0"), "{address:?}");
     assert_eq!(health.unwrap(), 200);
     assert!(data_dir.join("tiergate.db").is_file(), "the database goes in TIERGATE_DATA_DIR");
     assert_eq!(me["roles"], serde_json::json!(["admin"]), "the printed key is an admin key: {printed}");

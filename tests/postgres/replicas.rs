@@ -4,7 +4,7 @@
 use serde_json::Value;
 use tiergate::ledger::verify_export;
 
-use crate::helpers::{spawn_app, spawn_app_with, user_message};
+use crate::helpers::{ServeProcess, issue_key_at, serve_binary, spawn_app, spawn_app_with, user_message};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_replicas_share_one_gap_free_ledger_and_see_each_others_activations() {
@@ -49,24 +49,9 @@ async fn two_replicas_share_one_gap_free_ledger_and_see_each_others_activations(
     assert_eq!(served_by_second, "always-small@2", "the second replica picked up the activation");
 }
 
-/// A `tiergate serve` process; killed (SIGKILL) when dropped, so a failing test leaves none.
-struct Replica {
-    name: String,
-    address: String,
-    child: std::process::Child,
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts the binary as replica `name` on `database_url`, sharing `data_dir` (and so the ledger
 /// signing key) with the other replicas, and waits until it listens.
-fn start_replica(name: &str, database_url: &str, data_dir: &std::path::Path, admin_key: &str) -> Replica {
-    use std::io::BufRead;
+fn start_replica(name: &str, database_url: &str, data_dir: &std::path::Path, admin_key: &str) -> (String, ServeProcess) {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = data_dir.join(format!("{name}.yaml"));
     let settings = serde_json::json!({
@@ -81,23 +66,14 @@ fn start_replica(name: &str, database_url: &str, data_dir: &std::path::Path, adm
     });
     // JSON is YAML.
     std::fs::write(&config, settings.to_string()).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("TIERGATE_BOOTSTRAP_ADMIN_KEY", admin_key)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(data_dir.join(format!("{name}.log"))).unwrap())
-        .spawn()
-        .unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    while stdout.read_line(&mut line).unwrap() > 0 && !line.starts_with("tiergate listening on ") {
-        line.clear();
-    }
-    let address = line.trim().strip_prefix("tiergate listening on ").unwrap_or_else(|| {
-        panic!("replica {name} did not start: {}", std::fs::read_to_string(data_dir.join(format!("{name}.log"))).unwrap_or_default())
-    });
-    Replica { name: name.to_owned(), address: address.to_owned(), child }
+    let log = data_dir.join(format!("{name}.log"));
+    let server = serve_binary(
+        &["--config".as_ref(), config.as_os_str()],
+        &[("TIERGATE_BOOTSTRAP_ADMIN_KEY", admin_key.as_ref())],
+        std::process::Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    assert!(!server.address.is_empty(), "replica {name} did not start: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    (name.to_owned(), server)
 }
 
 /// What one client request came to: the ledger index it was acknowledged with, or nothing.
@@ -119,27 +95,17 @@ async fn replicas_killed_mid_load_lose_no_acknowledged_entry_and_the_log_still_v
     std::fs::create_dir_all(&data_dir).unwrap();
     let admin_key = format!("tg_{}.{}", &uuid::Uuid::new_v4().simple().to_string()[..16], uuid::Uuid::new_v4().simple());
     // One after the other: the first creates the schema and the shared signing key.
-    let mut replicas: Vec<Replica> =
+    let mut replicas: Vec<(String, ServeProcess)> =
         ["replica-a", "replica-b", "replica-c"].iter().map(|name| start_replica(name, &database.url(), &data_dir, &admin_key)).collect();
     let store = tiergate::store::Store::connect(&database.url()).await.unwrap();
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build().unwrap();
-    let issued: Value = client
-        .post(format!("{}/v1/keys", replicas[1].address))
-        .bearer_auth(&admin_key)
-        .json(&serde_json::json!({"subject": "load", "roles": ["app", "auditor"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = issued["token"].as_str().unwrap().to_owned();
+    let token = issue_key_at(&client, &replicas[1].1.address, &admin_key, serde_json::json!({"subject": "load", "roles": ["app", "auditor"]})).await;
 
     // Kill the replica that signs checkpoints, so that the kill also tests the hand-over.
     let store = &store;
     let leader = wait_for(move || async move { store.checkpoint_leader().await.unwrap() }).await.expect("a replica leads within 10 s");
-    let victim = replicas.iter().position(|r| r.name == leader).expect("the leader is one of the replicas");
-    let addresses: Vec<(String, String)> = replicas.iter().map(|r| (r.name.clone(), r.address.clone())).collect();
+    let victim = replicas.iter().position(|(name, _)| *name == leader).expect("the leader is one of the replicas");
+    let addresses: Vec<(String, String)> = replicas.iter().map(|(name, server)| (name.clone(), server.address.clone())).collect();
 
     let acknowledged = Arc::new(AtomicUsize::new(0));
     let clients = (0..6).map(|client_number| {
@@ -175,11 +141,11 @@ async fn replicas_killed_mid_load_lose_no_acknowledged_entry_and_the_log_still_v
     while acknowledged.load(Ordering::SeqCst) < 8 {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    replicas[victim].child.kill().unwrap();
-    replicas[victim].child.wait().unwrap();
+    replicas[victim].1.child.kill().unwrap();
+    replicas[victim].1.child.wait().unwrap();
     let outcomes: Vec<Outcome> = futures::future::join_all(clients).await.into_iter().flat_map(Result::unwrap).collect();
 
-    let survivor = &replicas[(victim + 1) % replicas.len()];
+    let survivor = &replicas[(victim + 1) % replicas.len()].1;
     let export = client.get(format!("{}/v1/ledger/export", survivor.address)).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
     let key = client.get(format!("{}/v1/ledger/public-key", survivor.address)).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
     let verified = verify_export(&export, &key, None);
