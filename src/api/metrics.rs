@@ -33,7 +33,7 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 
 /// Drift of each system's traffic on this replica: the first tier's confidence and the prompt
 /// length, latest window against the baseline window, as a population stability index. A
-/// signal whose PSI crosses `drift_psi_threshold` is `alerting`, and each crossing is a `drift`
+/// signal whose PSI crosses `drift_psi_threshold` is `alerting`, and each crossing is a governance
 /// entry in the ledger.
 #[utoipa::path(
     tag = "operations", security(("api_key" = ["auditor", "admin"])),

@@ -174,7 +174,8 @@ impl Router {
         self.drift.lock().unwrap_or_else(std::sync::PoisonError::into_inner).report()
     }
 
-    /// Feeds the drift monitor; a threshold crossing becomes a `drift` entry in the ledger,
+    /// Feeds the drift monitor; a threshold crossing becomes a governance entry in the ledger
+    /// (`drift_alert` or `drift_recovered`),
     /// written in the background so that the request does not wait for it.
     fn observe_drift(&self, system: &SystemRoute, attempts: &[AttemptSummary], prompt_chars: usize) {
         let confidence = attempts.first().and_then(|a| a.signals.as_ref()).map(|s| s.mean_logprob);
@@ -189,12 +190,20 @@ impl Router {
         }
         for event in events {
             tracing::warn!(system = %event.system, signal = event.signal, psi = event.psi, state = event.state, "drift threshold crossed");
+            // A governance event like an activation: it names the system card version it is
+            // about (by digest, so audit bundles include it) and who raised it.
+            let name = format!("drift_{}", event.state);
             let draft = crate::ledger::EntryDraft {
-                entry_type: "drift",
+                entry_type: "governance",
                 request_id: format!("drift-{}", uuid::Uuid::now_v7()),
                 system_id: Some(event.system.clone()),
-                outcome: event.state.to_owned(),
-                body: json!({"drift": event, "system_version": system.reference.to_string()}),
+                outcome: name.clone(),
+                body: json!({
+                    "event": name,
+                    "artifact": {"kind": "system_card", "id": system.reference.id, "version": system.reference.version, "digest": system.digest},
+                    "actor": {"id": "tiergate-drift-monitor", "replica": self.ledger.replica()},
+                    "drift": event,
+                }),
             };
             let ledger = self.ledger.clone();
             tokio::spawn(async move {

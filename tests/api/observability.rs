@@ -114,7 +114,7 @@ async fn metrics_count_requests_escalations_latency_tokens_ledger_commits_and_er
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_shift_in_prompt_length_is_flagged_as_drift_in_metrics_the_endpoint_and_the_ledger() {
+async fn a_shift_in_prompt_length_is_flagged_as_drift_in_metrics_the_endpoint_and_a_ledger_governance_event() {
     let mut settings = crate::helpers::test_settings();
     settings.drift_window = 10;
     let app = crate::helpers::spawn_app_with(settings).await;
@@ -151,15 +151,18 @@ async fn a_shift_in_prompt_length_is_flagged_as_drift_in_metrics_the_endpoint_an
     // (With windows this small the confidence signal is noisy and may cross too.)
     let mut recorded = None;
     for _ in 0..50 {
-        let entries = json_of(app.get("/v1/ledger/entries?type=drift").await).await;
+        let entries = json_of(app.get("/v1/ledger/entries?type=governance").await).await;
         recorded = entries["entries"].as_array().and_then(|e| e.iter().find(|e| e["entry"]["drift"]["signal"] == "prompt_length").cloned());
         if recorded.is_some() {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    let entry = recorded.expect("a drift entry for the prompt length");
-    assert_eq!(entry["outcome"], "alert", "{entry}");
+    let entry = recorded.expect("a drift governance entry for the prompt length");
+    assert_eq!(entry["outcome"], "drift_alert", "{entry}");
+    assert_eq!(entry["entry"]["event"], "drift_alert");
+    assert_eq!(entry["entry"]["artifact"]["id"], "always-small", "names the system card version it is about");
+    assert!(entry["entry"]["artifact"]["digest"].as_str().unwrap().starts_with("sha256:"));
     assert_eq!(entry["entry"]["drift"]["system"], "always-small");
     assert!(entry["entry"]["drift"]["psi"].as_f64().unwrap() > 0.2);
 }
