@@ -10,7 +10,7 @@ use super::{AppState, parse_json_body};
 use crate::{
     access::Caller,
     error::{ApiError, ErrorBody},
-    inference::{Role, Turn},
+    inference::{Role, Turn, chat_messages},
     routing::{AttemptSummary, ChatRequest, Outcome, RequestFacts, Routed, RoutingError},
     store::ReviewRow,
     telemetry::current_request_id,
@@ -274,21 +274,7 @@ pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, 
         logprobs: request.logprobs == Some(true),
     };
     let chat = into_domain(request, &caller)?;
-    let messages = serde_json::to_string(
-        &chat
-            .turns
-            .iter()
-            .map(|t| {
-                let role = match t.role {
-                    Role::System => "system",
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                };
-                serde_json::json!({"role": role, "content": t.content})
-            })
-            .collect::<Vec<_>>(),
-    )
-    .map_err(anyhow::Error::from)?;
+    let messages = serde_json::to_string(&chat_messages(&chat.turns))    .map_err(anyhow::Error::from)?;
     if !caller.may_call(&chat.system_id) {
         tracing::warn!(key_id = %caller.key_id, system = %chat.system_id, "request refused: scope");
         return Err(ApiError::Forbidden(format!(

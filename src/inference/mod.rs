@@ -25,6 +25,23 @@ pub enum Role {
     Assistant,
 }
 
+impl Role {
+    /// The role's name in the OpenAI chat format.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
+/// Turns as OpenAI chat messages (`{"role", "content"}`): what the review queue stores, what
+/// the ledger hashes, what a remote tier is sent.
+pub fn chat_messages(turns: &[Turn]) -> Vec<serde_json::Value> {
+    turns.iter().map(|t| serde_json::json!({"role": t.role.as_str(), "content": t.content})).collect()
+}
+
 /// How a tier decodes (from the system card, narrowed by the request).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DecodingProfile {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::{DecodingProfile, Generation, PromptTooLong, Role, Turn};
+use super::{DecodingProfile, Generation, PromptTooLong, Turn};
 
 #[derive(Clone)]
 pub struct RemoteRuntime {
@@ -45,14 +45,7 @@ impl RemoteRuntime {
         if let Some(prompt) = &decoding.system_prompt {
             messages.push(json!({"role": "system", "content": prompt}));
         }
-        for turn in turns {
-            let role = match turn.role {
-                Role::System => "system",
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
-            messages.push(json!({"role": role, "content": turn.content}));
-        }
+        messages.extend(super::chat_messages(turns));
         let body = json!({
             "model": self.model,
             "messages": messages,
@@ -67,8 +60,7 @@ impl RemoteRuntime {
     /// One greedy token for `turns`, with its top alternatives when the server gives them:
     /// P("yes") among them.
     pub async fn yes_probability(&self, turns: &[Turn]) -> anyhow::Result<Option<f64>> {
-        let messages: Vec<Value> = turns.iter().map(|t| json!({"role": "user", "content": t.content})).collect();
-        let body = json!({"model": self.model, "messages": messages, "max_tokens": 1, "temperature": 0.0, "logprobs": true, "top_logprobs": 10});
+        let body = json!({"model": self.model, "messages": super::chat_messages(turns), "max_tokens": 1, "temperature": 0.0, "logprobs": true, "top_logprobs": 10});
         let value = self.post(&body).await?;
         let first = value.pointer("/choices/0/logprobs/content/0");
         let chosen = first.and_then(|t| Some((t.get("token")?.as_str()?, t.get("logprob")?.as_f64()?)));

@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use super::{Attempt, ChatRequest, Outcome, ServedAnswer, SystemRoute, TierRoute};
 use crate::{
     canonical::{sha256_hex, to_canonical_bytes},
-    inference::Role,
+    inference::chat_messages,
     ledger::EntryDraft,
     policy::{CompiledBundle, GateDecision},
 };
@@ -19,19 +19,7 @@ pub(super) struct EntryBuilder {
 
 impl EntryBuilder {
     pub fn new(system: &SystemRoute, request: &ChatRequest, route_input: Value, route: GateDecision, store_text: bool) -> Self {
-        let messages: Vec<Value> = request
-            .turns
-            .iter()
-            .map(|t| {
-                let role = match t.role {
-                    Role::System => "system",
-                    Role::User => "user",
-                    Role::Assistant => "assistant",
-                };
-                json!({"role": role, "content": t.content})
-            })
-            .collect();
-        let messages = Value::Array(messages);
+        let messages = Value::Array(chat_messages(&request.turns));
         let mut request_part = json!({
             "prompt_sha256": sha256_hex(&to_canonical_bytes(&messages)),
             "max_tokens": request.max_tokens,
