@@ -21,7 +21,7 @@ pub use workload::{WorkloadItem, load_workload};
 
 use crate::{
     config::Settings,
-    registry::{CardKind, parse_card},
+    registry::{CardKind, read_cards},
     startup::Application,
 };
 
@@ -174,20 +174,9 @@ impl Drop for ScratchGateway {
 
 /// The system card `id` as written in the card directories.
 pub fn system_card(settings: &Settings, id: &str) -> anyhow::Result<Value> {
-    for dir in &settings.cards_dirs {
-        let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if !matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
-                continue;
-            }
-            let Ok(text) = std::fs::read_to_string(&path) else { continue };
-            if let Ok(card) = parse_card(&text) {
-                if card.kind == CardKind::System && card.id == id {
-                    return Ok(card.document);
-                }
-            }
-        }
+    let found = read_cards(&settings.cards_dirs)?.into_iter().find(|(_, _, card)| card.kind == CardKind::System && card.id == id);
+    if let Some((_, _, card)) = found {
+        return Ok(card.document);
     }
     let dirs: Vec<String> = settings.cards_dirs.iter().map(|d| d.display().to_string()).collect();
     anyhow::bail!("no system card {id:?} in the card directories ({})", dirs.join(", "))

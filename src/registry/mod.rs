@@ -15,7 +15,7 @@ pub use diff::{Change, diff};
 pub use export::{CYCLONEDX_SPEC_VERSION, cyclonedx, markdown};
 pub use lifecycle::{ACTIVE, APPROVED, Actor, DRAFT, GovernanceRecord, LifecycleError, RETIRED, Submission};
 pub use reference::{ArtifactKind, ArtifactRef, validate_slug};
-pub use seed::{SHIPPED_AUTHOR, SeedReport, seed_shipped};
+pub use seed::{SHIPPED_AUTHOR, SeedReport, read_cards, seed_shipped};
 
 use anyhow::Context;
 use serde_json::Value;

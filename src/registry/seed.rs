@@ -5,7 +5,7 @@ use std::{path::{Path, PathBuf}, time::Duration};
 use anyhow::Context;
 use serde_json::Value;
 
-use super::{ArtifactKind, ArtifactRef, CardKind, Registry, parse_card};
+use super::{ArtifactKind, ArtifactRef, CardKind, Registry, ValidatedCard, parse_card};
 use crate::policy::{BundleSource, CompiledBundle, TestOutcome};
 
 /// Author recorded for versions that come from the repository's shipped files. They were
@@ -35,18 +35,7 @@ pub async fn seed_shipped(
         let original = serde_json::to_string_pretty(&document).context("encoding bundle")?;
         seed_one(registry, ArtifactKind::PolicyBundle, &source.id, &original, &document, now, &mut report).await?;
     }
-    let mut cards = Vec::new();
-    for dir in cards_dirs {
-        for path in sorted_entries(dir)? {
-            let is_card = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
-            if !is_card || !path.is_file() {
-                continue;
-            }
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let card = parse_card(&text).with_context(|| format!("shipped card {}", path.display()))?;
-            cards.push((path, text, card));
-        }
-    }
+    let mut cards = read_cards(cards_dirs)?;
     // Model cards before system cards: a system card's references must already exist.
     cards.sort_by_key(|(_, _, card)| card.kind == CardKind::System);
     for (path, text, card) in cards {
@@ -62,6 +51,24 @@ pub async fn seed_shipped(
         seed_one(registry, kind, &card.id, &text, &card.document, now, &mut report).await?;
     }
     Ok(report)
+}
+
+/// Every card file (`.yaml`, `.yml`, `.json`) in `cards_dirs`, in order, parsed and checked
+/// against its schema: (path, text, card). A card that does not validate is an error naming it.
+pub fn read_cards(cards_dirs: &[PathBuf]) -> anyhow::Result<Vec<(PathBuf, String, ValidatedCard)>> {
+    let mut cards = Vec::new();
+    for dir in cards_dirs {
+        for path in sorted_entries(dir)? {
+            let is_card = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
+            if !is_card || !path.is_file() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let card = parse_card(&text).with_context(|| format!("shipped card {}", path.display()))?;
+            cards.push((path, text, card));
+        }
+    }
+    Ok(cards)
 }
 
 async fn seed_one(
