@@ -29,6 +29,8 @@ pub struct DriftSettings {
 #[derive(Debug, Default)]
 struct SignalWindows {
     baseline: Vec<f64>,
+    /// The baseline's bins, cut once it is full: it does not change after that.
+    bins: Option<Bins>,
     current: VecDeque<f64>,
     alerting: bool,
 }
@@ -82,6 +84,9 @@ impl DriftMonitor {
             let signal = &mut entry.1[index];
             if signal.baseline.len() < window {
                 signal.baseline.push(value);
+                if signal.baseline.len() == window {
+                    signal.bins = Some(Bins::cut(&signal.baseline));
+                }
                 continue;
             }
             signal.current.push_back(value);
@@ -91,7 +96,8 @@ impl DriftMonitor {
             if signal.current.len() < window {
                 continue;
             }
-            let psi = psi(&signal.baseline, signal.current.make_contiguous());
+            let Some(bins) = &signal.bins else { continue };
+            let psi = bins.psi(signal.current.make_contiguous());
             psis.push((SIGNALS[index], psi));
             let alerting = psi > self.settings.psi_threshold;
             if alerting != signal.alerting {
@@ -123,7 +129,7 @@ impl DriftMonitor {
                         let drift = SignalDrift {
                             baseline_size: windows.baseline.len(),
                             window_size: current.len(),
-                            psi: full.then(|| psi(&windows.baseline, &current)),
+                            psi: windows.bins.as_ref().filter(|_| full).map(|bins| bins.psi(&current)),
                             alerting: windows.alerting,
                         };
                         (*name, drift)
@@ -135,24 +141,42 @@ impl DriftMonitor {
     }
 }
 
-/// The population stability index of `current` against `baseline`, over bins cut at the
-/// baseline's deciles (repeated cut points collapse, so a constant baseline has two bins:
-/// its value and everything else).
+/// The population stability index of `current` against `baseline`.
 pub fn psi(baseline: &[f64], current: &[f64]) -> f64 {
-    let mut sorted = baseline.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let mut cuts: Vec<f64> = (1..BINS).map(|i| sorted[(i * sorted.len() / BINS).min(sorted.len() - 1)]).collect();
-    cuts.dedup();
-    let shares = |values: &[f64]| {
-        let mut counts = vec![0usize; cuts.len() + 1];
+    Bins::cut(baseline).psi(current)
+}
+
+/// Bins cut at a baseline's deciles (repeated cut points collapse, so a constant baseline has
+/// two bins: its value and everything else), with the baseline's share in each.
+#[derive(Debug)]
+struct Bins {
+    cuts: Vec<f64>,
+    expected: Vec<f64>,
+}
+
+impl Bins {
+    fn cut(baseline: &[f64]) -> Bins {
+        let mut sorted = baseline.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let mut cuts: Vec<f64> = (1..BINS).map(|i| sorted[(i * sorted.len() / BINS).min(sorted.len() - 1)]).collect();
+        cuts.dedup();
+        let mut bins = Bins { cuts, expected: Vec::new() };
+        bins.expected = bins.shares(baseline);
+        bins
+    }
+
+    fn shares(&self, values: &[f64]) -> Vec<f64> {
+        let mut counts = vec![0usize; self.cuts.len() + 1];
         for value in values {
             // Bin i holds values below cut i (and at or above cut i − 1).
-            counts[cuts.partition_point(|cut| cut <= value)] += 1;
+            counts[self.cuts.partition_point(|cut| cut <= value)] += 1;
         }
-        counts.into_iter().map(|c| (c as f64 / values.len().max(1) as f64).max(EMPTY_SHARE)).collect::<Vec<f64>>()
-    };
-    let (expected, actual) = (shares(baseline), shares(current));
-    expected.iter().zip(&actual).map(|(e, a)| (a - e) * (a / e).ln()).sum()
+        counts.into_iter().map(|c| (c as f64 / values.len().max(1) as f64).max(EMPTY_SHARE)).collect()
+    }
+
+    fn psi(&self, current: &[f64]) -> f64 {
+        self.expected.iter().zip(&self.shares(current)).map(|(e, a)| (a - e) * (a / e).ln()).sum()
+    }
 }
 
 #[cfg(test)]
