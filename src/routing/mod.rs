@@ -55,6 +55,13 @@ pub struct ChatRequest {
     pub facts: RequestFacts,
 }
 
+impl ChatRequest {
+    /// Characters over all messages: a policy input and a drift signal.
+    pub fn prompt_chars(&self) -> usize {
+        self.turns.iter().map(|t| t.content.chars().count()).sum()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -395,7 +402,7 @@ impl Router {
         }
         let escalated = attempts.len() > 1;
         self.observe(&system.reference.id, outcome, answer.as_ref(), &attempts, started);
-        self.observe_drift(&system, &attempts, request.turns.iter().map(|t| t.content.chars().count()).sum());
+        self.observe_drift(&system, &attempts, request.prompt_chars());
         if let (Some(shadow), Some(shadow_route)) = (&shadow, shadow_route) {
             record.set_shadow(shadow, shadow_route, shadow_accepts);
         }
@@ -540,7 +547,6 @@ impl Attempt {
 }
 
 fn request_facts_input(request: &ChatRequest) -> Value {
-    let prompt_chars: usize = request.turns.iter().map(|t| t.content.chars().count()).sum();
     json!({
         "caller": request.facts.caller,
         "key_id": request.facts.key_id,
@@ -550,7 +556,7 @@ fn request_facts_input(request: &ChatRequest) -> Value {
         "stakes": request.facts.stakes.clone().unwrap_or_else(|| "normal".into()),
         "data_class": request.facts.data_class,
         "metadata": request.facts.metadata,
-        "prompt_chars": prompt_chars,
+        "prompt_chars": request.prompt_chars(),
         "message_count": request.turns.len(),
     })
 }
