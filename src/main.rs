@@ -50,25 +50,10 @@ enum Command {
     /// card in the card directories.
     Compare {
         #[command(flatten)]
-        settings: SettingsArgs,
-        /// System card id.
-        #[arg(long)]
-        system: String,
-        /// JSON Lines workload (see tests/workloads/support-and-facts.jsonl).
-        #[arg(long)]
-        workload: PathBuf,
+        run: EvidenceArgs,
         /// Requests in flight at once.
         #[arg(long, default_value_t = 1)]
         concurrency: usize,
-        /// Only the first N items.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// What to print: markdown or json.
-        #[arg(long, default_value = "markdown")]
-        format: String,
-        /// Also write compare.md, compare.json and compare.svg (the chart) here.
-        #[arg(long)]
-        out_dir: Option<PathBuf>,
     },
     /// Sweep the first tier's confidence threshold over a labelled workload, recommend the
     /// cheapest one meeting the target accuracy, and store the report in the registry
@@ -76,26 +61,43 @@ enum Command {
     /// policy data version to cite.
     Calibrate {
         #[command(flatten)]
-        settings: SettingsArgs,
-        #[arg(long)]
-        system: String,
-        #[arg(long)]
-        workload: PathBuf,
+        run: EvidenceArgs,
         /// Accuracy to meet, between 0 and 1.
         #[arg(long)]
         target_accuracy: f64,
-        #[arg(long)]
-        limit: Option<usize>,
         /// Who ran it (the report's author in the registry).
         #[arg(long, env = "USER", default_value = "tiergate-calibrate")]
         author: String,
-        /// What to print: markdown or json.
-        #[arg(long, default_value = "markdown")]
-        format: String,
-        /// Also write calibration.md and calibration.json here.
-        #[arg(long)]
-        out_dir: Option<PathBuf>,
     },
+}
+
+/// What `compare` and `calibrate` both take.
+#[derive(clap::Args)]
+struct EvidenceArgs {
+    #[command(flatten)]
+    settings: SettingsArgs,
+    /// System card id.
+    #[arg(long)]
+    system: String,
+    /// JSON Lines workload (see tests/workloads/support-and-facts.jsonl).
+    #[arg(long)]
+    workload: PathBuf,
+    /// Only the first N items.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// What to print.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Markdown)]
+    format: ReportFormat,
+    /// Also write the report files (compare: .md, .json and the .svg chart; calibrate: .md
+    /// and .json) here.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReportFormat {
+    Markdown,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -151,12 +153,8 @@ async fn main() -> ExitCode {
         }
         Command::Ledger { command: LedgerCommand::PublicKey { data_dir } } => print_public_key(&data_dir),
         Command::Ledger { command: LedgerCommand::RotateKey { data_dir } } => rotate_key(&data_dir),
-        Command::Compare { settings, system, workload, concurrency, limit, format, out_dir } => {
-            compare(&settings, &system, &workload, concurrency, limit, &format, out_dir.as_deref()).await
-        }
-        Command::Calibrate { settings, system, workload, target_accuracy, limit, author, format, out_dir } => {
-            calibrate(&settings, &system, &workload, target_accuracy, limit, &author, &format, out_dir.as_deref()).await
-        }
+        Command::Compare { run, concurrency } => compare(&run, concurrency).await,
+        Command::Calibrate { run, target_accuracy, author } => calibrate(&run, target_accuracy, &author).await,
     };
     match result {
         Ok(code) => code,
@@ -201,70 +199,51 @@ async fn init(args: SettingsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The workload's items (the first `limit`), and its sha256.
-fn read_workload(path: &std::path::Path, limit: Option<usize>) -> anyhow::Result<(Vec<evidence::WorkloadItem>, String)> {
-    let mut items = evidence::load_workload(path)?;
-    if let Some(limit) = limit {
-        items.truncate(limit);
-    }
-    let sha256 = tiergate::inference::sha256_file(path).with_context(|| format!("hashing {}", path.display()))?;
-    Ok((items, sha256))
-}
-
-/// What compare and calibrate share before they run: the output format checked, logs only
-/// when asked for (the scratch gateway would drown the report), the settings.
-fn evidence_settings(args: &SettingsArgs, format: &str) -> anyhow::Result<Settings> {
-    anyhow::ensure!(matches!(format, "markdown" | "json"), "--format must be markdown or json, not {format:?}");
-    if std::env::var_os("RUST_LOG").is_some() {
-        telemetry::init();
-    }
-    Settings::load(args)
-}
-
-/// Writes `files` into `out_dir` (when given) and prints the Markdown or the JSON.
-fn emit(format: &str, markdown: &str, json: &str, out_dir: Option<&std::path::Path>, files: &[(&str, &str)]) -> anyhow::Result<ExitCode> {
-    if let Some(dir) = out_dir {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        for (name, content) in files {
-            std::fs::write(dir.join(name), content).with_context(|| format!("writing {name} in {}", dir.display()))?;
+impl EvidenceArgs {
+    /// What both commands do before they run: logs only when asked for (the scratch gateway
+    /// would drown the report), the settings, the workload's items (the first `limit`) and
+    /// its sha256.
+    fn prepare(&self) -> anyhow::Result<(Settings, Vec<evidence::WorkloadItem>, String)> {
+        if std::env::var_os("RUST_LOG").is_some() {
+            telemetry::init();
         }
+        let settings = Settings::load(&self.settings)?;
+        let mut items = evidence::load_workload(&self.workload)?;
+        if let Some(limit) = self.limit {
+            items.truncate(limit);
+        }
+        let sha256 = tiergate::inference::sha256_file(&self.workload).with_context(|| format!("hashing {}", self.workload.display()))?;
+        Ok((settings, items, sha256))
     }
-    println!("{}", if format == "json" { json } else { markdown });
-    Ok(ExitCode::SUCCESS)
+
+    /// Writes `files` into `--out-dir` (when given) and prints the Markdown or the JSON.
+    fn emit(&self, markdown: &str, json: &str, files: &[(&str, &str)]) -> anyhow::Result<ExitCode> {
+        if let Some(dir) = &self.out_dir {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, content) in files {
+                std::fs::write(dir.join(name), content).with_context(|| format!("writing {name} in {}", dir.display()))?;
+            }
+        }
+        println!("{}", if self.format == ReportFormat::Json { json } else { markdown });
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
-async fn compare(
-    args: &SettingsArgs,
-    system: &str,
-    workload: &std::path::Path,
-    concurrency: usize,
-    limit: Option<usize>,
-    format: &str,
-    out_dir: Option<&std::path::Path>,
-) -> anyhow::Result<ExitCode> {
-    let settings = evidence_settings(args, format)?;
-    let (items, _) = read_workload(workload, limit)?;
-    let report = evidence::compare::compare(&settings, system, &workload.display().to_string(), &items, concurrency).await?;
+async fn compare(args: &EvidenceArgs, concurrency: usize) -> anyhow::Result<ExitCode> {
+    let (settings, items, _) = args.prepare()?;
+    let workload = args.workload.display().to_string();
+    let report = evidence::compare::compare(&settings, &args.system, &workload, &items, concurrency).await?;
     let markdown = evidence::compare::markdown(&report);
     let json = serde_json::to_string_pretty(&report)?;
     let chart = evidence::compare::chart(&report);
-    emit(format, &markdown, &json, out_dir, &[("compare.md", &markdown), ("compare.json", &json), ("compare.svg", &chart)])
+    args.emit(&markdown, &json, &[("compare.md", &markdown), ("compare.json", &json), ("compare.svg", &chart)])
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn calibrate(
-    args: &SettingsArgs,
-    system: &str,
-    workload: &std::path::Path,
-    target_accuracy: f64,
-    limit: Option<usize>,
-    author: &str,
-    format: &str,
-    out_dir: Option<&std::path::Path>,
-) -> anyhow::Result<ExitCode> {
-    let settings = evidence_settings(args, format)?;
-    let (items, sha256) = read_workload(workload, limit)?;
-    let mut report = evidence::calibrate::calibrate(&settings, system, &workload.display().to_string(), &sha256, &items, target_accuracy).await?;
+async fn calibrate(args: &EvidenceArgs, target_accuracy: f64, author: &str) -> anyhow::Result<ExitCode> {
+    let (settings, items, sha256) = args.prepare()?;
+    let system = args.system.as_str();
+    let workload = args.workload.display().to_string();
+    let mut report = evidence::calibrate::calibrate(&settings, system, &workload, &sha256, &items, target_accuracy).await?;
     // Stored in the deployment's registry, where a reviewer approves it and policy data cites it.
     let store = tiergate::store::Store::connect(&settings.effective_database_url()).await?;
     store.migrate().await?;
@@ -290,7 +269,7 @@ async fn calibrate(
         ))
     );
     let json = serde_json::to_string_pretty(&serde_json::json!({"report": report, "stored": citation}))?;
-    emit(format, &markdown, &json, out_dir, &[("calibration.md", &markdown), ("calibration.json", &json)])
+    args.emit(&markdown, &json, &[("calibration.md", &markdown), ("calibration.json", &json)])
 }
 
 fn print_openapi() -> anyhow::Result<ExitCode> {
