@@ -3,6 +3,7 @@
 //!
 //! cargo run --example tokens_per_sec [-- --max-tokens 48 --rounds 3 --weights loaded|source]
 //! cargo run --example tokens_per_sec -- --concurrency 1,4,8
+//! cargo run --example tokens_per_sec -- --activations bf16   (what mistral.rs picks on its own)
 //!
 //! `--weights loaded` (default) runs the file tiergate serves (the card's derived Q8_0 copy);
 //! `source` runs the packaged Q4_1 file itself; a path ending in `.gguf` runs that file. `--concurrency` measures aggregate completion
@@ -16,7 +17,7 @@ use std::time::Instant;
 
 use tiergate::{
     config::Settings,
-    inference::{DecodingProfile, MistralRuntime, Role, Turn, ensure_runnable_weights, ensure_weights},
+    inference::{ActivationDtype, DecodingProfile, MistralRuntime, Role, Turn, ensure_runnable_weights, ensure_weights},
     registry::{ModelCard, parse_card},
 };
 
@@ -53,7 +54,12 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("{{\"weights\": {:?}}}", path.display().to_string());
     let load_started = Instant::now();
-    let runtime = MistralRuntime::load(&path).await?;
+    let activations = match std::env::args().skip_while(|a| a != "--activations").nth(1).as_deref() {
+        Some("bf16") => ActivationDtype::Bf16,
+        _ => ActivationDtype::F32,
+    };
+    println!("{{\"activations\": \"{activations:?}\"}}");
+    let runtime = MistralRuntime::load_with_activations(&path, activations).await?;
     let load_s = load_started.elapsed().as_secs_f64();
     let decoding = DecodingProfile { max_tokens, temperature: 0.0, system_prompt: None };
     let turn = |text: &str| vec![Turn { role: Role::User, content: text.to_owned() }];

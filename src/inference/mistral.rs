@@ -3,12 +3,24 @@
 use std::{path::Path, sync::Arc};
 
 use anyhow::Context;
-use mistralrs::{GgufModelBuilder, Model, RequestBuilder, TextMessageRole};
+use mistralrs::{Model, RequestBuilder, TextMessageRole};
 
 use super::{DecodingProfile, Generation, PromptTooLong, Role, Turn};
 
 /// How mistral.rs words its refusal of a prompt longer than the context (engine/add_request.rs).
 const PROMPT_TOO_LONG: &str = "Prompt sequence length is greater than ";
+
+/// Sequences mistral.rs runs in one batch (the builder's default); tiergate's own per-tier queue
+/// decides how many requests reach it at once.
+const MAX_RUNNING_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).unwrap();
+
+/// The dtype of the activations (hidden states, KV cache) between the quantized matmuls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActivationDtype {
+    F32,
+    /// What `mistralrs::GgufModelBuilder` picks on a CPU.
+    Bf16,
+}
 
 /// A loaded model. `send_chat_request` takes `&self`, so one instance is shared by every tier
 /// and request that uses it (mistral.rs schedules the sequences itself).
@@ -26,18 +38,64 @@ impl std::fmt::Debug for MistralRuntime {
 impl MistralRuntime {
     /// Loads a local GGUF file; tokenizer and chat template come from the file itself, so no
     /// hub access is needed.
+    ///
+    /// This is `mistralrs::GgufModelBuilder::build` with one change: the activation dtype.
+    /// The builder always passes `ModelDType::Auto`, which on a CPU picks BF16 (the first dtype a
+    /// test matmul accepts). candle has no SIMD path for BF16 element-wise ops, and every
+    /// quantized matmul then converts its input to F32 and its output back; F32 activations
+    /// skip all of that (BENCHMARKS.md, "Activation dtype"). The weights stay quantized either way.
     pub async fn load(weights: &Path) -> anyhow::Result<MistralRuntime> {
+        MistralRuntime::load_with_activations(weights, ActivationDtype::F32).await
+    }
+
+    /// `load` with another activation dtype: for the benchmark that justifies the choice.
+    pub async fn load_with_activations(weights: &Path, activations: ActivationDtype) -> anyhow::Result<MistralRuntime> {
+        use mistralrs_core::{
+            AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
+            MistralRsBuilder, ModelDType, SchedulerConfig, TokenSource,
+        };
+
         let dir = weights.parent().context("weights path has no directory")?;
         let file = weights
             .file_name()
             .and_then(|f| f.to_str())
             .context("weights file name is not UTF-8")?;
-        let model = GgufModelBuilder::new(dir.to_string_lossy(), vec![file])
-            .with_force_cpu()
-            .build()
-            .await
+        let loader = GGUFLoaderBuilder::new(
+            None,
+            None,
+            dir.to_string_lossy().into_owned(),
+            vec![file.to_owned()],
+            GGUFSpecificConfig { topology: None },
+            false,
+            None,
+        )
+        .build();
+        let device = mistralrs::best_device(true)?;
+        let pipeline = loader
+            .load_model_from_hf(
+                None,
+                TokenSource::None,
+                &match activations {
+                    ActivationDtype::F32 => ModelDType::F32,
+                    ActivationDtype::Bf16 => ModelDType::BF16,
+                },
+                &device,
+                true,
+                DeviceMapSetting::Auto(AutoDeviceMapParams::default_text()),
+                None,
+                None,
+            )
             .with_context(|| format!("loading GGUF model {}", weights.display()))?;
-        Ok(MistralRuntime { model: Arc::new(model) })
+        let scheduler = SchedulerConfig::DefaultScheduler { method: DefaultSchedulerMethod::Fixed(MAX_RUNNING_SEQUENCES) };
+        let runner = MistralRsBuilder::new(pipeline, scheduler, false, None)
+            .with_no_kv_cache(false)
+            // The prefix cache keeps every finished sequence's KV cache (512-token chunks, ~24 MB
+            // each here) and evicts only caches on an accelerator, so on a CPU it grows without
+            // bound: 1.9 GB after 60 compare requests, 6.9 GB after 270 (BENCHMARKS.md, "Memory").
+            .with_no_prefix_cache(true)
+            .build()
+            .await;
+        Ok(MistralRuntime { model: Arc::new(Model::new(runner)) })
     }
 
     pub async fn generate(&self, turns: &[Turn], decoding: &DecodingProfile) -> anyhow::Result<Generation> {

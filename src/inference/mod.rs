@@ -5,7 +5,7 @@ mod mistral;
 mod remote;
 mod weights;
 
-pub use mistral::MistralRuntime;
+pub use mistral::{ActivationDtype, MistralRuntime};
 pub use remote::RemoteRuntime;
 pub use weights::{WeightsError, ensure_derived, ensure_runnable_weights, ensure_weights, sha256_file};
 
