@@ -43,7 +43,8 @@ impl MistralRuntime {
     /// The builder always passes `ModelDType::Auto`, which on a CPU picks BF16 (the first dtype a
     /// test matmul accepts). candle has no SIMD path for BF16 element-wise ops, and every
     /// quantized matmul then converts its input to F32 and its output back; F32 activations
-    /// skip all of that (BENCHMARKS.md, "Activation dtype"). The weights stay quantized either way.
+    /// skip all of that: 1.11-1.14x tokens/s (BENCHMARKS.md, "Session 4"). The weights stay
+    /// quantized either way.
     pub async fn load(weights: &Path) -> anyhow::Result<MistralRuntime> {
         MistralRuntime::load_with_activations(weights, ActivationDtype::F32).await
     }
@@ -91,7 +92,7 @@ impl MistralRuntime {
             .with_no_kv_cache(false)
             // The prefix cache keeps every finished sequence's KV cache (512-token chunks, ~24 MB
             // each here) and evicts only caches on an accelerator, so on a CPU it grows without
-            // bound: 1.9 GB after 60 compare requests, 6.9 GB after 270 (BENCHMARKS.md, "Memory").
+            // bound: 1.9 GB after 120 compare requests, 6.9 GB after 540 (BENCHMARKS.md, "Memory").
             .with_no_prefix_cache(true)
             .build()
             .await;
