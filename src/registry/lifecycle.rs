@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 
 use super::{ArtifactKind, ArtifactRef, CardError, CardKind, Registry, Stored, parse_card};
 use crate::{
-    canonical::{sha256_digest, to_canonical_bytes},
     ledger::{EntryDraft, Ledger},
     policy::{BundleSource, CompileError, CompiledBundle, TestReport},
     store::{AliasMove, NewArtifactVersion, ShadowRow, Store, StoredArtifactVersion},
@@ -145,10 +144,8 @@ impl Registry {
         actor: &Actor,
         now: &str,
     ) -> anyhow::Result<Submission> {
-        let canonical = to_canonical_bytes(document);
-        let digest = sha256_digest(&canonical);
-        if let Some(existing) = self.store.artifact_version_by_digest(kind.as_str(), id, &digest).await? {
-            let reference = ArtifactRef { id: id.to_owned(), version: existing.version };
+        let (canonical, digest, identical) = self.identical_version(kind, id, document).await?;
+        if let Some(reference) = identical {
             return Ok(Submission { stored: Stored { reference, digest, created: false }, ledger_index: None });
         }
         let mut tx = ledger.begin().await?;

@@ -66,14 +66,9 @@ impl Registry {
         status: &str,
         now: &str,
     ) -> anyhow::Result<Stored> {
-        let canonical = to_canonical_bytes(document);
-        let digest = sha256_digest(&canonical);
-        if let Some(existing) = self.store.artifact_version_by_digest(kind.as_str(), id, &digest).await? {
-            return Ok(Stored {
-                reference: ArtifactRef { id: id.to_owned(), version: existing.version },
-                digest,
-                created: false,
-            });
+        let (canonical, digest, identical) = self.identical_version(kind, id, document).await?;
+        if let Some(reference) = identical {
+            return Ok(Stored { reference, digest, created: false });
         }
         let approved = status == "approved" || status == "active";
         let version = self
@@ -93,6 +88,21 @@ impl Registry {
             })
             .await?;
         Ok(Stored { reference: ArtifactRef { id: id.to_owned(), version }, digest, created: true })
+    }
+
+    /// `document`'s canonical bytes and digest, and the version of `id` that already has that
+    /// digest, if any: storing the same content twice returns the first version.
+    pub(crate) async fn identical_version(
+        &self,
+        kind: ArtifactKind,
+        id: &str,
+        document: &Value,
+    ) -> anyhow::Result<(Vec<u8>, String, Option<ArtifactRef>)> {
+        let canonical = to_canonical_bytes(document);
+        let digest = sha256_digest(&canonical);
+        let existing = self.store.artifact_version_by_digest(kind.as_str(), id, &digest).await?;
+        let reference = existing.map(|row| ArtifactRef { id: id.to_owned(), version: row.version });
+        Ok((canonical, digest, reference))
     }
 
     pub async fn get(&self, kind: ArtifactKind, reference: &ArtifactRef) -> anyhow::Result<Option<ArtifactVersion>> {
