@@ -144,6 +144,16 @@ pub struct KeyInfo {
 
 const TOKEN_PREFIX: &str = "tg_";
 
+/// A new random key token, `tg_<16 hex id>.<secret>`: what [`Access::issue`] hands out, and a
+/// bootstrap admin key for a gateway started by a program (`bootstrap_admin_key`).
+pub fn new_token() -> anyhow::Result<String> {
+    let mut id = [0u8; 8];
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness for a key id: {e}"))?;
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
+    Ok(format!("{TOKEN_PREFIX}{}.{}", hex::encode(id), base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)))
+}
+
 /// Keys, rate limits and budgets.
 #[derive(Debug)]
 pub struct Access {
@@ -165,14 +175,9 @@ impl Access {
 
     /// Issues a key; the returned token is the only time its secret exists outside the caller.
     pub async fn issue(&self, new: &NewKey, created_by: &str, now: &str) -> anyhow::Result<(KeyInfo, String)> {
-        let mut id = [0u8; 8];
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut id).map_err(|e| anyhow::anyhow!("no randomness for a key id: {e}"))?;
-        getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for a key: {e}"))?;
-        let key_id = hex::encode(id);
-        let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret);
-        let token = format!("{TOKEN_PREFIX}{key_id}.{secret}");
-        let info = self.store_key(&key_id, &secret, new, created_by, now).await?;
+        let token = new_token()?;
+        let (key_id, secret) = split_token(&token).context("a fresh token splits into id and secret")?;
+        let info = self.store_key(key_id, secret, new, created_by, now).await?;
         Ok((info, token))
     }
 
@@ -342,6 +347,14 @@ mod tests {
         for bad in ["", "tg_", "tg_0123.s", "xx_0123456789abcdef.s", "tg_0123456789abcdef.", "tg_0123456789abcdeg.s"] {
             assert_eq!(split_token(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn new_tokens_are_well_formed_and_distinct() {
+        let (first, second) = (new_token().unwrap(), new_token().unwrap());
+        let (id, secret) = split_token(&first).expect("a new token splits");
+        assert_eq!((id.len(), secret.len()), (16, 43), "{first}");
+        assert_ne!(first, second);
     }
 
     #[test]

@@ -65,8 +65,7 @@ impl ScratchGateway {
             // JSON is YAML: the card loader reads it as any other card file.
             std::fs::write(variant_dir.join(format!("{id}.json")), serde_json::to_vec_pretty(variant)?)?;
         }
-        let key_id = uuid::Uuid::new_v4().simple().to_string();
-        let admin_key = format!("tg_{}.{}", &key_id[..16], uuid::Uuid::new_v4().simple());
+        let admin_key = crate::access::new_token()?;
         let mut cards_dirs = settings.cards_dirs.clone();
         cards_dirs.push(variant_dir);
         let scratch = Settings {

@@ -89,13 +89,12 @@ fn repo(path: &str) -> PathBuf {
 /// cards plus the test fixtures, and the shared model cache (the first run fetches the model).
 pub fn test_settings() -> Settings {
     let data_dir = std::env::temp_dir().join(format!("tiergate-test-{}", uuid::Uuid::new_v4()));
-    let id = uuid::Uuid::new_v4().simple().to_string();
     Settings {
         bind: "127.0.0.1:0".into(),
         data_dir,
         cards_dirs: vec![repo("model-cards"), repo("tests/fixtures/cards")],
         policies_dir: repo("policies"),
-        bootstrap_admin_key: Some(format!("tg_{}.{}", &id[..16], uuid::Uuid::new_v4().simple())),
+        bootstrap_admin_key: Some(tiergate::access::new_token().unwrap()),
         ..Settings::default()
     }
 }

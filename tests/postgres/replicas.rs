@@ -93,7 +93,7 @@ async fn replicas_killed_mid_load_lose_no_acknowledged_entry_and_the_log_still_v
     let database = crate::helpers::PgDatabase::create().await;
     let data_dir = std::env::temp_dir().join(format!("tiergate-replicas-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&data_dir).unwrap();
-    let admin_key = format!("tg_{}.{}", &uuid::Uuid::new_v4().simple().to_string()[..16], uuid::Uuid::new_v4().simple());
+    let admin_key = tiergate::access::new_token().unwrap();
     // One after the other: the first creates the schema and the shared signing key.
     let mut replicas: Vec<(String, ServeProcess)> =
         ["replica-a", "replica-b", "replica-c"].iter().map(|name| start_replica(name, &database.url(), &data_dir, &admin_key)).collect();
