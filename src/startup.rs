@@ -68,7 +68,7 @@ impl Application {
             tokio::spawn(publish_checkpoints(ledger.clone(), Duration::from_secs(settings.checkpoint_interval_s)));
         }
         let drift = DriftSettings { window: settings.drift_window, psi_threshold: settings.drift_psi_threshold };
-        let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text, metrics).with_drift(drift));
+        let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text, metrics, drift));
         for shadow in store.system_shadows().await? {
             let policy = ArtifactRef { id: shadow.policy_id, version: shadow.policy_version };
             let compiled = loader.policy(&policy).await.with_context(|| format!("shadow policy {policy} of {}", shadow.system_id))?;

@@ -65,14 +65,16 @@ pub struct DriftMonitor {
 }
 
 impl DriftMonitor {
+    /// A window holds at least one value per bin.
     pub fn new(settings: DriftSettings) -> DriftMonitor {
+        let settings = DriftSettings { window: settings.window.max(BINS), ..settings };
         DriftMonitor { settings, systems: BTreeMap::new() }
     }
 
     /// Adds one request's signals (`None` when the first tier gave no answer); returns the PSI
     /// of each signal whose windows are full, and the crossings this request caused.
     pub fn observe(&mut self, system: &str, version: &str, confidence: Option<f64>, prompt_length: f64) -> (Vec<(&'static str, f64)>, Vec<DriftEvent>) {
-        let window = self.settings.window.max(BINS);
+        let window = self.settings.window;
         let entry = self.systems.entry(system.to_owned()).or_insert_with(|| (version.to_owned(), Default::default()));
         if entry.0 != version {
             *entry = (version.to_owned(), Default::default());
@@ -125,7 +127,7 @@ impl DriftMonitor {
                     .zip(signals)
                     .map(|(name, windows)| {
                         let current: Vec<f64> = windows.current.iter().copied().collect();
-                        let full = current.len() >= self.settings.window.max(BINS);
+                        let full = current.len() >= self.settings.window;
                         let drift = SignalDrift {
                             baseline_size: windows.baseline.len(),
                             window_size: current.len(),

@@ -159,7 +159,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(systems: Vec<SystemRoute>, ledger: Arc<Ledger>, store_text: bool, metrics: Arc<Metrics>) -> Router {
+    pub fn new(systems: Vec<SystemRoute>, ledger: Arc<Ledger>, store_text: bool, metrics: Arc<Metrics>, drift: DriftSettings) -> Router {
         let systems = systems.into_iter().map(|s| (s.reference.id.clone(), Arc::new(s))).collect();
         Router {
             systems: RwLock::new(systems),
@@ -167,13 +167,8 @@ impl Router {
             ledger,
             store_text,
             metrics,
-            drift: std::sync::Mutex::new(DriftMonitor::new(DriftSettings { window: 200, psi_threshold: 0.2 })),
+            drift: std::sync::Mutex::new(DriftMonitor::new(drift)),
         }
-    }
-
-    /// Watches drift with these windows and threshold (default: 200 requests, PSI 0.2).
-    pub fn with_drift(self, settings: DriftSettings) -> Router {
-        Router { drift: std::sync::Mutex::new(DriftMonitor::new(settings)), ..self }
     }
 
     /// Drift of every system's confidence and prompt length on this replica.
