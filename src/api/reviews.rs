@@ -155,6 +155,8 @@ pub async fn record_verdict(state: web::Data<AppState>, caller: Caller, index: w
         Verdict::Correct => ("corrected", false),
         Verdict::Reject => ("rejected", false),
     };
+    // Read before anything is written: a failure here must not follow a recorded verdict.
+    let answered = state.router.ledger().entry(index as u64).await?.unwrap_or(Value::Null);
     let now = super::now();
     let mut tx = state.router.ledger().begin().await?;
     let verdict_index = tx.next_index().await?;
@@ -177,7 +179,6 @@ pub async fn record_verdict(state: web::Data<AppState>, caller: Caller, index: w
         }),
     };
     let appended = tx.commit(entry).await?;
-    let answered = state.router.ledger().entry(index as u64).await?.unwrap_or(Value::Null);
     count_feedback(&state, &held.system_id, &answered, correct);
     Ok(HttpResponse::Ok().json(Recorded { ledger_index: appended.index }))
 }
