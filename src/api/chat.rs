@@ -274,7 +274,7 @@ pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, 
         logprobs: request.logprobs == Some(true),
     };
     let chat = into_domain(request, &caller)?;
-    let messages = serde_json::to_string(&chat_messages(&chat.turns))    .map_err(anyhow::Error::from)?;
+    let messages = serde_json::to_string(&chat_messages(&chat.turns)).map_err(anyhow::Error::from)?;
     if !caller.may_call(&chat.system_id) {
         tracing::warn!(key_id = %caller.key_id, system = %chat.system_id, "request refused: scope");
         return Err(ApiError::Forbidden(format!(
