@@ -1,6 +1,8 @@
 //! Tier runtimes: in-process mistral.rs on verified GGUF weights, or a remote OpenAI-compatible
 //! endpoint; generation with logprob confidence signals.
 
+#[cfg(test)]
+mod candle_patch_tests;
 mod mistral;
 mod remote;
 mod weights;
