@@ -4,6 +4,7 @@
 //! cargo run --example tokens_per_sec [-- --max-tokens 48 --rounds 3 --weights loaded|source]
 //! cargo run --example tokens_per_sec -- --concurrency 1,4,8
 //! cargo run --example tokens_per_sec -- --activations bf16   (what mistral.rs picks on its own)
+//! CANDLE_UPSTREAM_QUANTIZED_MATMUL=1 cargo run --example tokens_per_sec   (candle's own loop)
 //!
 //! `--weights loaded` (default) runs the file tiergate serves (the card's derived Q8_0 copy);
 //! `source` runs the packaged Q4_1 file itself; a path ending in `.gguf` runs that file. `--concurrency` measures aggregate completion
