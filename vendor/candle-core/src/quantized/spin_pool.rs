@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Condvar, LazyLock, Mutex};
+use std::sync::{Condvar, LazyLock, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 /// Spin on the job counter this long after a job before yielding the core between checks.
@@ -87,8 +87,11 @@ impl SpinPool {
         if IS_HELPER.with(Cell::get) {
             return false;
         }
-        let Ok(_submit) = self.submit.try_lock() else {
-            return false;
+        // A panic in an earlier job poisons the lock but leaves the pool usable.
+        let _submit = match self.submit.try_lock() {
+            Ok(guard) => guard,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
         };
         let job = Job { task, n_tasks, next_task: AtomicUsize::new(0), panicked: AtomicBool::new(false) };
         if self.helpers > 0 {
