@@ -30,13 +30,13 @@ const PROMPTS: [&str; 5] = [
     "Explain in two sentences why small models are cheaper to serve than large ones.",
 ];
 
+/// The value after `name` on the command line.
+fn arg_value(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
 fn arg(name: &str, default: u32) -> u32 {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    arg_value(name).and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 #[tokio::main]
@@ -46,7 +46,7 @@ async fn main() -> anyhow::Result<()> {
     let card_text = std::fs::read_to_string("model-cards/smollm2-135m-instruct.yaml")?;
     let card: ModelCard = serde_json::from_value(parse_card(&card_text)?.document)?;
     let settings = Settings::default();
-    let which = std::env::args().skip_while(|a| a != "--weights").nth(1).unwrap_or_else(|| "loaded".into());
+    let which = arg_value("--weights").unwrap_or_else(|| "loaded".into());
     let path = match which.as_str() {
         // Any other GGUF file, to compare candidate formats.
         other if other.ends_with(".gguf") => std::path::PathBuf::from(other),
@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     };
     println!("{{\"weights\": {:?}}}", path.display().to_string());
     let load_started = Instant::now();
-    let activations = match std::env::args().skip_while(|a| a != "--activations").nth(1).as_deref() {
+    let activations = match arg_value("--activations").as_deref() {
         Some("bf16") => ActivationDtype::Bf16,
         _ => ActivationDtype::F32,
     };
@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let turn = |text: &str| vec![Turn { role: Role::User, content: text.to_owned() }];
     runtime.generate(&turn("hi"), &DecodingProfile { max_tokens: 4, ..decoding.clone() }).await?; // warm-up
 
-    if let Some(levels) = std::env::args().skip_while(|a| a != "--concurrency").nth(1) {
+    if let Some(levels) = arg_value("--concurrency") {
         for level in levels.split(',').filter_map(|l| l.parse::<usize>().ok()) {
             let started = Instant::now();
             let requests = (0..level.max(PROMPTS.len()) * 2).map(|i| {
