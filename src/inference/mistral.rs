@@ -14,6 +14,11 @@ const PROMPT_TOO_LONG: &str = "Prompt sequence length is greater than ";
 /// decides how many requests reach it at once.
 const MAX_RUNNING_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).unwrap();
 
+/// Finished sequences whose KV caches the prefix cache keeps (the oldest is dropped first). Each
+/// entry holds its prompt and answer: ~46 KB per token for the packaged model, so ~5 MB for a
+/// typical 100-token exchange and at most 8 x the context length in all.
+const PREFIX_CACHE_SEQUENCES: usize = 8;
+
 /// The dtype of the activations (hidden states, KV cache) between the quantized matmuls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ActivationDtype {
@@ -90,10 +95,12 @@ impl MistralRuntime {
         let scheduler = SchedulerConfig::DefaultScheduler { method: DefaultSchedulerMethod::Fixed(MAX_RUNNING_SEQUENCES) };
         let runner = MistralRsBuilder::new(pipeline, scheduler, false, None)
             .with_no_kv_cache(false)
-            // The prefix cache keeps every finished sequence's KV cache (512-token chunks, ~24 MB
-            // each here) and evicts only caches on an accelerator, so on a CPU it grows without
-            // bound: 1.9 GB after 120 compare requests, 6.9 GB after 540 (BENCHMARKS.md, "Memory").
-            .with_no_prefix_cache(true)
+            // A request whose prompt starts like a recent one (the system card's prompt, earlier
+            // turns) reuses their keys and values instead of running those tokens again. Upstream
+            // never evicted on a CPU and let a hit write into the stored entry; the vendored
+            // mistralrs-core bounds it and copies (vendor/mistralrs-core/TIERGATE.md).
+            .with_no_prefix_cache(false)
+            .with_prefix_cache_n(PREFIX_CACHE_SEQUENCES)
             .build()
             .await;
         Ok(MistralRuntime { model: Arc::new(Model::new(runner)) })
