@@ -97,8 +97,8 @@ impl MistralRuntime {
             .with_no_kv_cache(false)
             // A request whose prompt starts like a recent one (the system card's prompt, earlier
             // turns) reuses their keys and values instead of running those tokens again. Upstream
-            // never evicted on a CPU and let a hit write into the stored entry; the vendored
-            // mistralrs-core bounds it and copies (vendor/mistralrs-core/TIERGATE.md).
+            // never evicted on a CPU; the vendored mistralrs-core bounds it and keeps compact
+            // copies (vendor/mistralrs-core/TIERGATE.md).
             .with_no_prefix_cache(false)
             .with_prefix_cache_n(PREFIX_CACHE_SEQUENCES)
             .build()

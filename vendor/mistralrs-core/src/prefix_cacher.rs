@@ -9,14 +9,14 @@ use crate::{
     sequence::Sequence,
 };
 
-// tiergate patch: cached KV tensors never share storage with a running sequence.
+// tiergate patch: entries are compact copies, and a hit gets a copy in the standard capacity.
 //
-// Upstream stored a finished sequence's cache tensors as they were and gave those same tensors
-// to the next sequence with a matching prefix. The KV cache appends in place (`slice_set`), so
-// that sequence overwrote the stored entry past the shared prefix (a later, longer match then
-// read another request's keys and values), and two sequences in flight with the same prefix
-// wrote into one buffer. It also kept each entry's whole 512-token chunks. Now an entry is a
-// compact copy taken when a sequence finishes, and a hit gets its own copy of the shared prefix.
+// Upstream stored a finished sequence's cache tensors as they were: whole 512-token chunks
+// (~24 MB per sequence for a 135M model), kept for ever on a CPU (see `evict_caches`). A hit
+// then carried the entry's capacity into the new sequence, so two sequences of one length could
+// hold caches of different capacities, which `NormalCacheManager::clone_in_cache` cannot batch.
+// Now an entry holds exactly its cached positions, and a hit gets its own copy of the shared
+// prefix in the capacity a fresh sequence of that length has (a multiple of CACHE_GROW_SIZE).
 
 /// A copy of the first `len` positions of `cache` in new storage of `capacity` positions.
 fn copy_single_cache(cache: &SingleCache, len: usize, capacity: usize) -> Result<SingleCache> {
@@ -402,8 +402,8 @@ impl PrefixCacheManagerV2 {
             }
 
             let mut cache = cache_element.clone();
-            // tiergate patch: the hit's own copy of the shared prefix, in the chunked capacity
-            // a new sequence's cache starts with (see `detached_kv_cache`).
+            // tiergate patch: the hit's own copy of the shared prefix, in the capacity a fresh
+            // sequence of that length has (see `detached_kv_cache`).
             cache.cache = cache
                 .cache
                 .iter()
