@@ -10,9 +10,12 @@ use super::{DecodingProfile, Generation, PromptTooLong, Role, Turn};
 /// How mistral.rs words its refusal of a prompt longer than the context (engine/add_request.rs).
 const PROMPT_TOO_LONG: &str = "Prompt sequence length is greater than ";
 
-/// Sequences mistral.rs runs in one batch (the builder's default); tiergate's own per-tier queue
-/// decides how many requests reach it at once.
-const MAX_RUNNING_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(32).unwrap();
+/// Sequences mistral.rs runs at once on one loaded model: one. Several sequences decoded as one
+/// batch gave wrong answers with the patched candle matmul (each sequence's text continued with
+/// another's; BENCHMARKS.md, session 6; cause not found yet), and batching was no faster than
+/// one sequence after another on a CPU anyway. Requests beyond it wait in mistral.rs's queue;
+/// tiergate's per-tier queue bounds how many reach it.
+const MAX_RUNNING_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1).unwrap();
 
 /// Finished sequences whose KV caches the prefix cache keeps (the oldest is dropped first). Each
 /// entry holds its prompt and answer: ~46 KB per token for the packaged model, so ~5 MB for a

@@ -196,6 +196,35 @@ async fn a_prompt_that_reuses_cached_keys_and_values_gets_the_answer_it_got_with
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn requests_in_flight_together_on_one_model_get_the_answers_they_get_alone() {
+    use tiergate::inference::{DecodingProfile, MistralRuntime, Role, Turn, ensure_runnable_weights};
+    use tiergate::registry::{ModelCard, parse_card};
+
+    let settings = test_settings();
+    let card_text = std::fs::read_to_string("model-cards/smollm2-135m-instruct.yaml").unwrap();
+    let card: ModelCard = serde_json::from_value(parse_card(&card_text).unwrap().document).unwrap();
+    let weights = ensure_runnable_weights(&card.weights, &settings.model_cache_dir, &settings.python).unwrap();
+    let runtime = MistralRuntime::load(&weights).await.unwrap();
+    let decoding = DecodingProfile { max_tokens: 24, temperature: 0.0, system_prompt: None };
+    let questions = ["What is 17 times 23?", "Write a haiku about governance.", "Name three primary colours."];
+    let ask = |question: &str| {
+        let (runtime, decoding) = (runtime.clone(), decoding.clone());
+        let turns = vec![Turn { role: Role::User, content: question.to_owned() }];
+        async move { runtime.generate(&turns, &decoding).await.unwrap().text }
+    };
+
+    let mut alone = Vec::new();
+    for question in questions {
+        alone.push(ask(question).await);
+    }
+    // All three at once on the same loaded model: one sequence's answer must never continue with
+    // another's keys and values (it did when mistral.rs decoded them as one batch).
+    let together = futures::future::join_all(questions.map(ask)).await;
+
+    assert_eq!(together, alone);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_prompt_longer_than_the_context_is_a_400_recorded_in_the_ledger_that_opens_no_circuit() {
     let app = spawn_app().await;
     // ~10,000 tokens: more than SmolLM2's 8,192-token context.
