@@ -11,10 +11,10 @@ use super::{DecodingProfile, Generation, PromptTooLong, Role, Turn};
 const PROMPT_TOO_LONG: &str = "Prompt sequence length is greater than ";
 
 /// Sequences mistral.rs runs at once on one loaded model: one. Several sequences decoded as one
-/// batch gave wrong answers with the patched candle matmul (each sequence's text continued with
-/// another's; BENCHMARKS.md, session 6; cause not found yet), and batching was no faster than
-/// one sequence after another on a CPU anyway. Requests beyond it wait in mistral.rs's queue;
-/// tiergate's per-tier queue bounds how many reach it.
+/// batch gave wrong answers with the patched candle matmul's spin pool (each sequence's text
+/// continued with another's; BENCHMARKS.md, session 6; cause not found), and batching was no
+/// faster than one sequence after another on a CPU anyway. Requests beyond it wait in
+/// mistral.rs's queue; tiergate's per-tier queue bounds how many reach it.
 const MAX_RUNNING_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1).unwrap();
 
 /// Finished sequences whose KV caches the prefix cache keeps (the oldest is dropped first). Each
