@@ -197,20 +197,17 @@ async fn a_prompt_that_reuses_cached_keys_and_values_gets_the_answer_it_got_with
 
 #[tokio::test(flavor = "multi_thread")]
 async fn requests_in_flight_together_on_one_model_get_the_answers_they_get_alone() {
-    use tiergate::inference::{DecodingProfile, MistralRuntime, Role, Turn, ensure_runnable_weights};
-    use tiergate::registry::{ModelCard, parse_card};
-
-    let settings = test_settings();
-    let card_text = std::fs::read_to_string("model-cards/smollm2-135m-instruct.yaml").unwrap();
-    let card: ModelCard = serde_json::from_value(parse_card(&card_text).unwrap().document).unwrap();
-    let weights = ensure_runnable_weights(&card.weights, &settings.model_cache_dir, &settings.python).unwrap();
-    let runtime = MistralRuntime::load(&weights).await.unwrap();
-    let decoding = DecodingProfile { max_tokens: 24, temperature: 0.0, system_prompt: None };
+    let mut settings = test_settings();
+    // Let all three through tiergate's own queue at once, so they meet in mistral.rs.
+    settings.tier_concurrency = 3;
+    let app = spawn_app_with(settings).await;
     let questions = ["What is 17 times 23?", "Write a haiku about governance.", "Name three primary colours."];
-    let ask = |question: &str| {
-        let (runtime, decoding) = (runtime.clone(), decoding.clone());
-        let turns = vec![Turn { role: Role::User, content: question.to_owned() }];
-        async move { runtime.generate(&turns, &decoding).await.unwrap().text }
+    let ask = |question: &'static str| {
+        let app = &app;
+        async move {
+            let body: Value = app.chat(user_message("always-small", question)).await.json().await.unwrap();
+            body["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+        }
     };
 
     let mut alone = Vec::new();
