@@ -10,10 +10,12 @@ use super::{DecodingProfile, Generation, PromptTooLong, Role, Turn};
 /// How mistral.rs words its refusal of a prompt longer than the context (engine/add_request.rs).
 const PROMPT_TOO_LONG: &str = "Prompt sequence length is greater than ";
 
-/// Sequences mistral.rs runs at once on one loaded model: one. Several sequences decoded as one
-/// batch gave wrong answers with the patched candle matmul's spin pool (each sequence's text
-/// continued with another's; BENCHMARKS.md, session 6; cause not found), and batching was no
-/// faster than one sequence after another on a CPU anyway. Requests beyond it wait in
+/// Sequences mistral.rs runs at once on one loaded model: one. Batched decoding gave wrong
+/// answers. One cause is found and fixed (mistral.rs 0.8.1's CPU decode attention shared its
+/// scratch across the batch: vendor/mistralrs-core/TIERGATE.md); with that fix, batches are
+/// right with the prefix cache off but still wrong with it on (system-prompt text appears in
+/// answers), so batching stays off until that is found too. Batching was no faster than one
+/// sequence after another on this CPU anyway (BENCHMARKS.md). Requests beyond it wait in
 /// mistral.rs's queue; tiergate's per-tier queue bounds how many reach it.
 const MAX_RUNNING_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1).unwrap();
 

@@ -4,6 +4,8 @@
 #[cfg(test)]
 mod candle_patch_tests;
 mod mistral;
+#[cfg(test)]
+mod mistralrs_patch_tests;
 mod remote;
 mod weights;
 

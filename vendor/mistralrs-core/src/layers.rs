@@ -19,6 +19,8 @@ use mistralrs_quant::{
 use serde::{Deserialize, Serialize};
 
 pub use crate::attention::Sdpa;
+// tiergate patch: public so that tiergate can test the CPU decode attention with a batch.
+pub use crate::attention::SdpaParams;
 pub use crate::layers_masker::CausalMasker;
 pub use crate::layers_utils::repeat_kv;
 use crate::{
