@@ -14,8 +14,8 @@ const PROMPT_TOO_LONG: &str = "Prompt sequence length is greater than ";
 /// answers. One cause is found and fixed (mistral.rs 0.8.1's CPU decode attention shared its
 /// scratch across the batch: vendor/mistralrs-core/TIERGATE.md); with that fix, batches are
 /// right with the prefix cache off but still wrong with it on (system-prompt text appears in
-/// answers), so batching stays off until that is found too. Batching was no faster than one
-/// sequence after another on this CPU anyway (BENCHMARKS.md). Requests beyond it wait in
+/// answers). Batching is also much slower here, measured with right answers (prefix cache off:
+/// 14-29 tok/s against 55 one at a time; BENCHMARKS.md, session 7). Requests beyond it wait in
 /// mistral.rs's queue; tiergate's per-tier queue bounds how many reach it.
 const MAX_RUNNING_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1).unwrap();
 
