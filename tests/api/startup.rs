@@ -22,25 +22,11 @@ async fn a_second_start_on_the_same_data_creates_no_new_versions() {
 #[tokio::test(flavor = "multi_thread")]
 async fn weights_that_do_not_match_the_model_card_are_refused_at_load() {
     let mut settings = test_settings();
-    let cards = settings.data_dir.join("cards");
-    std::fs::create_dir_all(&cards).unwrap();
+    std::fs::create_dir_all(&settings.data_dir).unwrap();
     let weights = settings.data_dir.join("tampered.gguf");
     std::fs::write(&weights, b"these are not the weights the card names").unwrap();
-    std::fs::write(
-        cards.join("model.yaml"),
-        format!(
-            "kind: model-card\nid: tampered\nname: Tampered\nruntime: {{kind: mistralrs-gguf}}\nweights:\n  source: {{path: {}}}\n  sha256: {}\n",
-            weights.display(),
-            "ab".repeat(32)
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        cards.join("system.yaml"),
-        "kind: system-card\nid: uses-tampered\npurpose: test\npolicy: tiergate-default@1\ntiers:\n  - {name: only, model: tampered@1, decoding: {max_tokens: 8}}\n",
-    )
-    .unwrap();
-    settings.cards_dirs = vec![cards];
+    let weights_yaml = format!("source: {{path: {}}}\n  sha256: {}", weights.display(), "ab".repeat(32));
+    use_one_model_card(&mut settings, "tampered", &weights_yaml);
 
     let error = Application::build(settings).await.err().expect("start-up must fail");
 
@@ -84,23 +70,12 @@ async fn derived_weights_that_do_not_match_the_model_card_are_refused_at_load() 
     .unwrap();
     // Derive into this test's own cache, so the shared one never holds a refused file.
     settings.model_cache_dir = settings.data_dir.join("models");
-    let cards = settings.data_dir.join("cards");
-    std::fs::create_dir_all(&cards).unwrap();
-    std::fs::write(
-        cards.join("model.yaml"),
-        format!(
-            "kind: model-card\nid: misderived\nname: Misderived\nruntime: {{kind: mistralrs-gguf}}\nweights:\n  source: {{path: {}}}\n  sha256: {PACKAGED_WEIGHTS_SHA256}\n  derived: {{method: gguf-requantize, quantization: Q8_0, sha256: {}}}\n",
-            packaged.display(),
-            "cd".repeat(32)
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        cards.join("system.yaml"),
-        "kind: system-card\nid: uses-misderived\npurpose: test\npolicy: tiergate-default@1\ntiers:\n  - {name: only, model: misderived@1, decoding: {max_tokens: 8}}\n",
-    )
-    .unwrap();
-    settings.cards_dirs = vec![cards];
+    let weights_yaml = format!(
+        "source: {{path: {}}}\n  sha256: {PACKAGED_WEIGHTS_SHA256}\n  derived: {{method: gguf-requantize, quantization: Q8_0, sha256: {}}}",
+        packaged.display(),
+        "cd".repeat(32)
+    );
+    use_one_model_card(&mut settings, "misderived", &weights_yaml);
 
     let error = Application::build(settings.clone()).await.err().expect("start-up must fail");
 
@@ -114,6 +89,21 @@ async fn derived_weights_that_do_not_match_the_model_card_are_refused_at_load() 
 
 const PACKAGED_WEIGHTS_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const DERIVED_WEIGHTS_SHA256: &str = "4a197789e71f16d2a0c228684e98def3218e2e324488a5414d46605bf849023d";
+
+/// Points `settings` at a model card `model_id` with the given `weights:` block (its lines after
+/// the first indented by two) and a one-tier system card that uses it.
+fn use_one_model_card(settings: &mut tiergate::config::Settings, model_id: &str, weights_yaml: &str) {
+    let cards = settings.data_dir.join("cards");
+    std::fs::create_dir_all(&cards).unwrap();
+    let model_card =
+        format!("kind: model-card\nid: {model_id}\nname: {model_id}\nruntime: {{kind: mistralrs-gguf}}\nweights:\n  {weights_yaml}\n");
+    std::fs::write(cards.join("model.yaml"), model_card).unwrap();
+    let system_card = format!(
+        "kind: system-card\nid: uses-{model_id}\npurpose: test\npolicy: tiergate-default@1\ntiers:\n  - {{name: only, model: {model_id}@1, decoding: {{max_tokens: 8}}}}\n"
+    );
+    std::fs::write(cards.join("system.yaml"), system_card).unwrap();
+    settings.cards_dirs = vec![cards];
+}
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
