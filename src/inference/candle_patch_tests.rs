@@ -5,8 +5,9 @@
 
 use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_0, GgmlType, matmul};
 
-/// Deterministic values in [-1, 1) without a random-number dependency.
-fn values(count: usize, seed: u64) -> Vec<f32> {
+/// Deterministic values in [-1, 1) without a random-number dependency (also used by
+/// `mistralrs_patch_tests`).
+pub(super) fn values(count: usize, seed: u64) -> Vec<f32> {
     let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
     (0..count)
         .map(|_| {

@@ -5,20 +5,12 @@
 use candle_core::{Device, Tensor};
 use mistralrs_core::layers::{Sdpa, SdpaParams};
 
+use super::candle_patch_tests::values;
+
 /// The packaged model's attention shape: 9 query heads over 3 key/value heads of 64.
 const HEADS: usize = 9;
 const KV_HEADS: usize = 3;
 const HEAD_DIM: usize = 64;
-
-fn values(count: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-    (0..count)
-        .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
 
 fn params() -> SdpaParams {
     SdpaParams {
