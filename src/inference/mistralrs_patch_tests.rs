@@ -1,6 +1,8 @@
-//! Checks of tiergate's patch to mistral.rs's CPU decode attention (vendor/mistralrs-core,
-//! TIERGATE.md there): with several sequences decoded as one batch, each sequence must get the
-//! attention of its own keys and values, exactly as when it is decoded alone.
+//! Checks of tiergate's patches to mistral.rs (vendor/mistralrs-core, TIERGATE.md there):
+//! - CPU decode attention: with several sequences decoded as one batch, each sequence must get
+//!   the attention of its own keys and values, exactly as when it is decoded alone;
+//! - the sampler: the logprobs it reports are natural-log probabilities under the model,
+//!   ln softmax(logits), greedy or sampled (upstream gave log10 of the raw logit when greedy).
 
 use candle_core::{Device, Tensor};
 use mistralrs_core::layers::{Sdpa, SdpaParams};
@@ -73,5 +75,59 @@ fn a_batched_decode_step_gives_each_sequence_its_own_attention() {
         for (index, (got, want)) in single.iter().zip(&expected).enumerate() {
             assert!((got - want).abs() < 1e-5, "sequence {sequence}, element {index}: {got} vs reference {want}");
         }
+    }
+}
+
+/// ln softmax(logits), computed plainly in f64.
+fn reference_log_softmax(logits: &[f32]) -> Vec<f64> {
+    let log_sum = logits.iter().map(|l| f64::from(*l).exp()).sum::<f64>().ln();
+    logits.iter().map(|l| f64::from(*l) - log_sum).collect()
+}
+
+fn sampler(temperature: Option<f64>, top_n_logprobs: usize) -> mistralrs_core::Sampler {
+    mistralrs_core::Sampler::new(temperature, top_n_logprobs, None, None, None, None, None, -1, 1.0, 0.0, Vec::new()).unwrap()
+}
+
+fn rng() -> std::sync::Arc<std::sync::Mutex<rand_isaac::Isaac64Rng>> {
+    use rand_core::SeedableRng;
+    std::sync::Arc::new(std::sync::Mutex::new(rand_isaac::Isaac64Rng::seed_from_u64(7)))
+}
+
+/// Logits whose softmax is far from uniform and whose largest logit is well above 1, where the
+/// log of the raw logit (upstream's greedy report) is positive and cannot pass for a logprob.
+const LOGITS: [f32; 5] = [1.5, 9.25, 7.0, -3.0, 0.0];
+
+#[test]
+fn a_greedy_token_reports_its_natural_log_probability_and_its_alternatives_theirs() {
+    let expected = reference_log_softmax(&LOGITS);
+    let logits = Tensor::new(&LOGITS, &Device::Cpu).unwrap();
+
+    let chosen = sampler(None, 3).sample(logits, &[0], true, rng(), false, false).unwrap();
+
+    assert_eq!(chosen.token, 1);
+    assert!((f64::from(chosen.logprob) - expected[1]).abs() < 1e-6, "{} vs {}", chosen.logprob, expected[1]);
+    let top: Vec<(u32, f32)> = chosen.top_logprobs.unwrap().iter().map(|t| (t.token, t.logprob)).collect();
+    assert_eq!(top.iter().map(|(token, _)| *token).collect::<Vec<_>>(), vec![1, 2, 0]);
+    for (token, logprob) in top {
+        assert!((f64::from(logprob) - expected[token as usize]).abs() < 1e-6, "token {token}: {logprob}");
+    }
+}
+
+#[test]
+fn a_sampled_token_reports_the_natural_log_of_its_probability_at_that_temperature() {
+    let temperature = 2.0f32;
+    let expected = reference_log_softmax(&LOGITS.map(|l| l / temperature));
+    for round in 0..8 {
+        let logits = Tensor::new(&LOGITS, &Device::Cpu).unwrap();
+        let random = rng();
+        for _ in 0..round {
+            use rand_core::RngCore;
+            random.lock().unwrap().next_u64();
+        }
+
+        let chosen = sampler(Some(f64::from(temperature)), 0).sample(logits, &[0], true, random, false, false).unwrap();
+
+        let expected = expected[chosen.token as usize];
+        assert!((f64::from(chosen.logprob) - expected).abs() < 1e-5, "token {}: {} vs {expected}", chosen.token, chosen.logprob);
     }
 }

@@ -39,6 +39,29 @@ async fn the_shipped_system_answers_with_a_real_model_and_routing_metadata() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn token_logprobs_are_natural_log_probabilities_and_the_signal_is_their_mean() {
+    let app = spawn_app().await;
+    let mut request = user_message("always-small", "Name three colours.");
+    request["logprobs"] = json!(true);
+
+    let response = app.chat(request).await;
+
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let content = body["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert!(!content.is_empty());
+    // A probability is at most 1, so its log is at most 0; JSON has no NaN, so a logprob that
+    // is not a number arrives as null and fails here too. (mistral.rs 0.8.1 reported log10 of
+    // the raw logit for greedy decoding: positive, or NaN for a negative logit.)
+    let logprobs: Vec<f64> =
+        content.iter().map(|t| t["logprob"].as_f64().unwrap_or_else(|| panic!("logprob is not a number: {t}"))).collect();
+    assert!(logprobs.iter().all(|l| *l <= 0.0), "{logprobs:?}");
+    let mean = logprobs.iter().sum::<f64>() / logprobs.len() as f64;
+    let signal = body["tiergate"]["attempts"][0]["mean_logprob"].as_f64().unwrap();
+    assert!((signal - mean).abs() < 1e-4, "the accept gate's signal {signal} is the mean of {logprobs:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_answer_the_policy_accepts_is_served_by_the_small_tier() {
     let app = spawn_app().await;
 

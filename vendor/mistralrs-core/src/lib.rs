@@ -128,9 +128,10 @@ pub use request::{
     SearchContextSize, TokenizationRequest, WebSearchOptions, WebSearchUserLocation,
 };
 pub use response::*;
+// tiergate patch: `Sampler` public so that tiergate can test the logprobs it reports.
 pub use sampler::{
-    CustomLogitsProcessor, DrySamplingParams, ModelGenerationDefaults, SamplingParams, StopTokens,
-    TopLogprob,
+    CustomLogitsProcessor, DrySamplingParams, ModelGenerationDefaults, Sampler, SamplingParams,
+    StopTokens, TopLogprob,
 };
 pub use scheduler::{DefaultSchedulerMethod, SchedulerConfig};
 pub use search::{SearchCallback, SearchFunctionParameters, SearchResult};

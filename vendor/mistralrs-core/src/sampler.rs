@@ -348,6 +348,17 @@ fn partial_sort_top_k(probs: &mut [f32], k: usize, zero_rest: bool) -> Vec<(u32,
     idx_probs
 }
 
+/// tiergate patch: `values[i] - ln Σ exp(values)`, with the maximum subtracted first so that no
+/// exponential overflows; the sum is kept in f64 so that 49k terms lose nothing that shows.
+fn log_softmax_in_place(values: &mut [f32]) {
+    let max = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = values.iter().map(|v| f64::from((v - max).exp())).sum();
+    let log_sum = sum.ln() as f32;
+    for value in values.iter_mut() {
+        *value = (*value - max) - log_sum;
+    }
+}
+
 /// Find the index of the maximum element in a slice. O(n) scan.
 #[inline]
 fn argmax_f32(values: &[f32]) -> u32 {
@@ -405,14 +416,20 @@ impl Sampler {
     }
 
     fn get_top_logprobs(&self, probs: &[f32]) -> Result<Vec<TopLogprob>> {
-        let k = self.top_n_logprobs.min(probs.len());
+        self.top_logprobs(probs, f32::ln)
+    }
+
+    /// The `top_n_logprobs` highest of `scores` (probabilities, or log-probabilities: any
+    /// scale in the same order), with `to_logprob` turning a score into its natural log.
+    fn top_logprobs(&self, scores: &[f32], to_logprob: fn(f32) -> f32) -> Result<Vec<TopLogprob>> {
+        let k = self.top_n_logprobs.min(scores.len());
         if k == 0 {
             return Ok(Vec::new());
         }
 
-        // Use partial sort helper (doesn't modify probs since we pass a copy)
-        let mut probs_copy = probs.to_vec();
-        let top_k = partial_sort_top_k(&mut probs_copy, k, false);
+        // Use partial sort helper (doesn't modify scores since we pass a copy)
+        let mut scores_copy = scores.to_vec();
+        let top_k = partial_sort_top_k(&mut scores_copy, k, false);
 
         // Build the result vector with log10 of probabilities and optional decoding
         let mut result = Vec::with_capacity(k);
@@ -423,7 +440,7 @@ impl Sampler {
                     .map_err(|e| Error::Msg(e.to_string()))?;
                 result.push(TopLogprob {
                     token,
-                    logprob: prob.log(10.0),
+                    logprob: to_logprob(prob),
                     bytes: Some(decoded),
                 });
             }
@@ -431,7 +448,7 @@ impl Sampler {
             for (token, prob) in top_k {
                 result.push(TopLogprob {
                     token,
-                    logprob: prob.log(10.0),
+                    logprob: to_logprob(prob),
                     bytes: None,
                 });
             }
@@ -440,12 +457,16 @@ impl Sampler {
     }
 
     fn sample_argmax(&self, logits: Tensor, return_logprobs: bool) -> Result<Logprobs> {
-        let probs: Vec<f32> = logits.to_vec1()?;
-        let next_token = argmax_f32(&probs);
-        let logprob = probs[next_token as usize].log(10.0);
+        // tiergate patch: upstream reported log10 of the raw *logit* here (mistral.rs issues
+        // 2327 and 2329): a greedy token's logprob is its natural-log probability under the
+        // model, ln softmax(logits). Argmax is the same either way.
+        let mut logprobs: Vec<f32> = logits.to_vec1()?;
+        log_softmax_in_place(&mut logprobs);
+        let next_token = argmax_f32(&logprobs);
+        let logprob = logprobs[next_token as usize];
 
         let top_logprobs = if return_logprobs {
-            Some(self.get_top_logprobs(&probs)?)
+            Some(self.top_logprobs(&logprobs, std::convert::identity)?)
         } else {
             None
         };
@@ -616,7 +637,7 @@ impl Sampler {
                         .map_err(|e| Error::Msg(e.to_string()))?;
                     result.push(TopLogprob {
                         token,
-                        logprob: prob.log(10.0),
+                        logprob: prob.ln(),
                         bytes: Some(decoded),
                     });
                 }
@@ -624,7 +645,7 @@ impl Sampler {
                 for (prob, token) in topk_values.iter().zip(topk_idxs) {
                     result.push(TopLogprob {
                         token,
-                        logprob: prob.log(10.0),
+                        logprob: prob.ln(),
                         bytes: None,
                     });
                 }
@@ -706,7 +727,8 @@ impl Sampler {
 
         // Find argmax directly on the Vec (O(n) scan, no Tensor creation)
         let next_token = argmax_f32(&probs);
-        let logprob = probs[next_token as usize].log(10.0);
+        // tiergate patch: natural log, as OpenAI-compatible clients read it (upstream: log10).
+        let logprob = probs[next_token as usize].ln();
 
         let top_logprobs = if return_logprobs {
             Some(self.get_top_logprobs(&probs)?)
@@ -773,7 +795,8 @@ impl Sampler {
 
         let mut mut_ref_rng = &mut *rng.lock().expect("could not lock rng mutex");
         let next_token = distr.sample(&mut mut_ref_rng); // "Find the first item which has a weight *higher* than the chosen weight."
-        let logprob = probs[next_token].log(10.0);
+        // tiergate patch: natural log, as OpenAI-compatible clients read it (upstream: log10).
+        let logprob = probs[next_token].ln();
 
         let top_logprobs = if return_logprobs {
             Some(self.get_top_logprobs(probs)?)
@@ -1037,8 +1060,10 @@ impl Sampler {
         }
         let next_token = if sample_speculative {
             match self.temperature {
+                // tiergate patch: this arm treats its input as probabilities (top-p, min-p and
+                // the reported logprob), so it gets them rather than raw logits.
                 None => self.sample_speculative_top_kp_min_p(
-                    logits,
+                    candle_nn::ops::softmax_last_dim(&logits)?,
                     return_logprobs,
                     self.top_k,
                     self.top_p as f32,
