@@ -425,7 +425,7 @@ async fn the_audit_bundle_carries_every_cited_card_and_policy_and_verifies_offli
     assert!(verified && output.contains("verified bundle: 1 entries"), "{output}");
 
     let mut altered = bundle.clone();
-    let canonical = altered["artifacts"][1]["canonical"].as_str().unwrap().replace("-0.35", "-9");
+    let canonical = altered["artifacts"][1]["canonical"].as_str().unwrap().replace("-1.3", "-9");
     let canonical = canonical.replace("\"min_mean_logprob\":-1", "\"min_mean_logprob\":-9");
     altered["artifacts"][1]["canonical"] = json!(canonical);
     assert!(matches!(verify_bundle(&altered, &key, None), Err(BundleError::ArtifactDigest { .. })), "policy data edited");
