@@ -2346,6 +2346,7 @@ pub fn matmul<T: GgmlType>(
     // time and dots one weight row at a time. With one input row (generation, memory-bound)
     // the one-row kernel measured faster than the four-row one.
     let weight_rows_per_task = if m == 1 { 32 } else { 16 };
+    let prefetch_rows = *PREFETCH_ROWS;
     let dst_base = SharedDst(dst.as_mut_ptr());
     let rhs_row = |col_idx: usize| &rhs_t[col_idx * k_in_blocks..(col_idx + 1) * k_in_blocks];
     let run_task = |task_idx: usize| {
@@ -2364,6 +2365,9 @@ pub fn matmul<T: GgmlType>(
                 col_idx += 4;
             }
             for col_idx in col_idx..end_col {
+                if m == 1 && prefetch_rows > 0 && col_idx + prefetch_rows < n {
+                    prefetch(rhs_row(col_idx + prefetch_rows));
+                }
                 let value = T::vec_dot(k, rhs_row(col_idx), lhs_row);
                 // SAFETY: as above.
                 unsafe { dst_base.write(row_idx * n + col_idx, value) };
@@ -2381,6 +2385,32 @@ pub fn matmul<T: GgmlType>(
 /// benchmark can compare both in one binary and one run.
 static UPSTREAM_QUANTIZED_MATMUL: std::sync::LazyLock<bool> =
     std::sync::LazyLock::new(|| std::env::var("CANDLE_UPSTREAM_QUANTIZED_MATMUL").is_ok_and(|v| v == "1"));
+
+/// tiergate patch: with one input row (generation) each weight row is read once, straight from
+/// memory, and the dot product stalls on its loads; asking for the row `PREFETCH_ROWS` ahead
+/// while this one is computed measured 25-28% more tokens/s end to end on a 2-core VM
+/// (tiergate's BENCHMARKS.md, session 8; 2 and 4 rows ahead alike, 16 worse).
+/// `CANDLE_PREFETCH_ROWS=0` turns it off, for an A/B in one binary.
+static PREFETCH_ROWS: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| std::env::var("CANDLE_PREFETCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(4));
+
+/// Asks for every cache line of `row` to be loaded into L1.
+#[inline(always)]
+fn prefetch<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let start = row.as_ptr() as *const i8;
+        let len = std::mem::size_of_val(row);
+        let mut offset = 0;
+        while offset < len {
+            _mm_prefetch::<_MM_HINT_T0>(start.add(offset));
+            offset += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
 
 /// `dst` shared between rayon tasks that write disjoint elements.
 #[derive(Clone, Copy)]
