@@ -431,7 +431,7 @@ impl Sampler {
         let mut scores_copy = scores.to_vec();
         let top_k = partial_sort_top_k(&mut scores_copy, k, false);
 
-        // Build the result vector with log10 of probabilities and optional decoding
+        // Build the result vector with natural-log probabilities and optional decoding
         let mut result = Vec::with_capacity(k);
         if let Some(tokenizer) = &self.tokenizer {
             for (token, prob) in top_k {
