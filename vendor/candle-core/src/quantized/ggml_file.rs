@@ -157,6 +157,24 @@ pub fn qtensor_from_ggml(
         GgmlDType::Q4_0 => {
             from_raw_data::<k_quants::BlockQ4_0>(raw_data, size_in_bytes, dims, device)
         }
+        // tiergate patch: on the CPU, Q4_1 matrices are held eight rows interleaved for a
+        // faster matmul (see `q4_1x8`); `data()` and `dequantize` still give plain Q4_1.
+        GgmlDType::Q4_1
+            if device.is_cpu()
+                && *super::q4_1x8::REPACK_Q4_1
+                && super::q4_1x8::Q4_1x8Matrix::fits(&dims) =>
+        {
+            if raw_data.len() < size_in_bytes {
+                crate::bail!("Q4_1 tensor {dims:?}: {} bytes, expected {size_in_bytes}", raw_data.len())
+            }
+            let n_blocks = size_in_bytes / std::mem::size_of::<k_quants::BlockQ4_1>();
+            let blocks = unsafe {
+                std::slice::from_raw_parts(raw_data.as_ptr() as *const k_quants::BlockQ4_1, n_blocks)
+            };
+            let k_blocks = dims[1] / k_quants::QK4_1;
+            let matrix = super::q4_1x8::Q4_1x8Matrix::from_rows(blocks, dims[0], k_blocks);
+            super::QTensor::new(QStorage::Cpu(Box::new(matrix)), dims)
+        }
         GgmlDType::Q4_1 => {
             from_raw_data::<k_quants::BlockQ4_1>(raw_data, size_in_bytes, dims, device)
         }

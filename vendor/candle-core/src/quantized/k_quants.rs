@@ -2391,12 +2391,12 @@ static UPSTREAM_QUANTIZED_MATMUL: std::sync::LazyLock<bool> =
 /// while this one is computed measured 21-33% more tokens/s end to end on a 2-core VM
 /// (tiergate's BENCHMARKS.md, session 8; 2 and 4 rows ahead alike, 16 worse).
 /// `CANDLE_PREFETCH_ROWS=0` turns it off, for an A/B in one binary.
-static PREFETCH_ROWS: std::sync::LazyLock<usize> =
+pub(crate) static PREFETCH_ROWS: std::sync::LazyLock<usize> =
     std::sync::LazyLock::new(|| std::env::var("CANDLE_PREFETCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(4));
 
 /// Asks for every cache line of `row` to be loaded into L1.
 #[inline(always)]
-fn prefetch<T>(row: &[T]) {
+pub(crate) fn prefetch<T>(row: &[T]) {
     #[cfg(target_arch = "x86_64")]
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -2414,11 +2414,11 @@ fn prefetch<T>(row: &[T]) {
 
 /// `dst` shared between rayon tasks that write disjoint elements.
 #[derive(Clone, Copy)]
-struct SharedDst(*mut f32);
+pub(crate) struct SharedDst(pub(crate) *mut f32);
 unsafe impl Send for SharedDst {}
 unsafe impl Sync for SharedDst {}
 impl SharedDst {
-    unsafe fn write(self, idx: usize, value: f32) {
+    pub(crate) unsafe fn write(self, idx: usize, value: f32) {
         *self.0.add(idx) = value;
     }
 }

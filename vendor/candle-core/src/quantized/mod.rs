@@ -12,6 +12,7 @@ pub mod ggml_file;
 pub mod gguf_file;
 pub mod imatrix_file;
 pub mod k_quants;
+pub mod q4_1x8;
 mod spin_pool;
 #[cfg(feature = "metal")]
 pub mod metal;
@@ -232,12 +233,7 @@ impl QStorage {
 
     fn data(&self) -> Result<Cow<'_, [u8]>> {
         match self {
-            QStorage::Cpu(storage) => {
-                let data_ptr = storage.as_ptr();
-                let size_in_bytes = storage.storage_size_in_bytes();
-                let data = unsafe { std::slice::from_raw_parts(data_ptr, size_in_bytes) };
-                Ok(Cow::from(data))
-            }
+            QStorage::Cpu(storage) => Ok(storage.data_bytes()),
             QStorage::Cuda(storage) => Ok(Cow::from(storage.data()?)),
             QStorage::Metal(storage) => Ok(Cow::from(storage.data()?)),
         }
@@ -410,6 +406,11 @@ pub trait QuantizedType: Send + Sync {
     #[allow(clippy::wrong_self_convention)]
     fn from_float_imatrix(&mut self, xs: &[f32], imatrix_weights: &[f32], n_per_row: usize);
     fn size(&self) -> usize;
+    /// tiergate patch: the bytes in the GGML file layout of `dtype()` (what `QTensor::data`
+    /// returns); a storage that keeps its blocks in another layout (`q4_1x8`) converts back.
+    fn data_bytes(&self) -> Cow<'_, [u8]> {
+        Cow::from(unsafe { std::slice::from_raw_parts(self.as_ptr(), self.storage_size_in_bytes()) })
+    }
 }
 
 impl<T: k_quants::GgmlType + Send + Sync> QuantizedType for Vec<T> {
