@@ -5,9 +5,11 @@
 //! cargo run --example tokens_per_sec -- --concurrency 1,4,8
 //! cargo run --example tokens_per_sec -- --activations bf16   (what mistral.rs picks on its own)
 //! CANDLE_UPSTREAM_QUANTIZED_MATMUL=1 cargo run --example tokens_per_sec   (candle's own loop)
+//! CANDLE_Q4_1_REPACK=0 cargo run --example tokens_per_sec   (Q4_1 in the file layout)
 //!
-//! `--weights loaded` (default) runs the file tiergate serves (the card's derived Q8_0 copy);
-//! `source` runs the packaged Q4_1 file itself; a path ending in `.gguf` runs that file. `--concurrency` measures aggregate completion
+//! `--weights loaded` (default) runs the file tiergate serves (the card's derived file when it
+//! names one; the shipped card runs the packaged Q4_1 file); `source` runs the card's source file
+//! itself; a path ending in `.gguf` runs that file. `--concurrency` measures aggregate completion
 //! tokens/s with that many requests in flight at once on one loaded model (all five prompts,
 //! repeated, per level).
 //!

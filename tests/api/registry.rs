@@ -348,8 +348,8 @@ async fn a_model_card_exports_as_a_valid_cyclonedx_ml_bom_and_as_markdown() {
     let stored = json_of(app.get("/v1/registry/model-cards/smollm2-135m-instruct/versions/1").await).await;
     assert!(component["properties"].as_array().unwrap().contains(&json!({"name": "tiergate:registry_digest", "value": stored["digest"]})));
     assert!(
-        component["properties"].as_array().unwrap().contains(&json!({"name": "tiergate:derived_weights_sha256", "value": DERIVED_WEIGHTS_SHA256})),
-        "the file that runs is in the BOM too"
+        !component["properties"].as_array().unwrap().iter().any(|p| p["name"] == "tiergate:derived_weights_sha256"),
+        "the shipped card runs the packaged file itself"
     );
     let again = json_of(app.get("/v1/registry/model-cards/smollm2-135m-instruct/versions/1/cyclonedx").await).await;
     assert_eq!(again["serialNumber"], bom["serialNumber"], "one version, one BOM serial number");
@@ -357,8 +357,26 @@ async fn a_model_card_exports_as_a_valid_cyclonedx_ml_bom_and_as_markdown() {
     let markdown = app.get("/v1/registry/model-cards/smollm2-135m-instruct/versions/1/markdown").await;
     assert!(markdown.headers()["content-type"].to_str().unwrap().starts_with("text/markdown"));
     let markdown = markdown.text().await.unwrap();
-    assert!(markdown.starts_with("# SmolLM2-135M-Instruct (Q4_1 GGUF, run as Q8_0)\n"), "{markdown}");
-    for expected in ["## Model details", "| Quantization | Q4_1 |", PACKAGED_WEIGHTS_SHA256, "| Runs as (derived) | Q8_0, made by gguf-requantize |", DERIVED_WEIGHTS_SHA256, "## Bias, risks and limitations", "Frequently wrong", "- Approved by tiergate-shipped"] {
+    assert!(markdown.starts_with("# SmolLM2-135M-Instruct (Q4_1 GGUF)\n"), "{markdown}");
+    for expected in ["## Model details", "| Quantization | Q4_1 |", PACKAGED_WEIGHTS_SHA256, "## Bias, risks and limitations", "Frequently wrong", "- Approved by tiergate-shipped"] {
+        assert!(markdown.contains(expected), "{expected:?} missing:\n{markdown}");
+    }
+    assert!(!markdown.contains("Runs as (derived)"), "{markdown}");
+
+    // A card that runs a derived file shows both digests: the file that runs is in the BOM too.
+    let derived_card = model_card("smollm2-derived").replace(
+        "  quantization: Q4_1\n",
+        &format!("  quantization: Q4_1\n  derived: {{method: gguf-requantize, quantization: Q8_0, sha256: {DERIVED_WEIGHTS_SHA256}}}\n"),
+    );
+    assert_eq!(app.submit("alice", "model-cards", &derived_card).await.status(), 201);
+    let bom = json_of(app.get("/v1/registry/model-cards/smollm2-derived/versions/1/cyclonedx").await).await;
+    assert!(
+        bom["components"][0]["properties"].as_array().unwrap().contains(&json!({"name": "tiergate:derived_weights_sha256", "value": DERIVED_WEIGHTS_SHA256})),
+        "{bom:#}"
+    );
+    assert_eq!(bom["components"][0]["hashes"], json!([{"alg": "SHA-256", "content": PACKAGED_WEIGHTS_SHA256}]));
+    let markdown = app.get("/v1/registry/model-cards/smollm2-derived/versions/1/markdown").await.text().await.unwrap();
+    for expected in [PACKAGED_WEIGHTS_SHA256, "| Runs as (derived) | Q8_0, made by gguf-requantize |", DERIVED_WEIGHTS_SHA256] {
         assert!(markdown.contains(expected), "{expected:?} missing:\n{markdown}");
     }
     assert_eq!(app.get("/v1/registry/model-cards/nope/versions/1/cyclonedx").await.status(), 404);
