@@ -133,6 +133,35 @@ async fn a_failing_tier_is_handled_by_policy_and_repeated_failures_open_its_circ
     assert_eq!(ready["checks"]["tiers"]["dead-first/1"]["circuit"], "closed");
 }
 
+/// A caller whose time budget runs out leaves mistral.rs generating an answer nobody waits for.
+/// Sending it fails; upstream mistral.rs then panicked in its error path and its engine thread
+/// died, taking the requests queued behind on the same model with it (vendored fix in
+/// `vendor/mistralrs-core/src/utils/mod.rs`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tier_over_its_time_budget_is_an_attempt_with_the_error_and_the_next_request_is_served() {
+    let impatient = format!(
+        "kind: system-card\nid: impatient\npurpose: test\npolicy: tiergate-default@1\ntiers:\n\
+         - {{name: only, model: \"{SMALL_MODEL}\", decoding: {{max_tokens: 48, temperature: 0.0}}}}\n\
+         slas: {{p95_latency_ms: 150}}\nescalation: {{min_mean_logprob: -1000.0}}\n"
+    );
+    let mut settings = test_settings();
+    settings.cards_dirs.push(cards_dir(&[("impatient.yaml", impatient)]));
+    let app = spawn_app_with(settings).await;
+
+    // 48 tokens take far longer than 150 ms here, so the tier is abandoned mid-answer.
+    let abandoned = app.chat(user_message("impatient", "Write a long story about a dragon and a castle.")).await;
+    assert_ne!(abandoned.status(), 200);
+    let body: Value = abandoned.json().await.unwrap();
+    let entry = app.ledger_entry(body["error"]["ledger_index"].as_u64().expect("the failure is in the ledger")).await;
+    assert!(entry["attempts"][0]["error"].as_str().unwrap().contains("time budget"), "{entry}");
+
+    // Queued on the same model while the abandoned answer is still being generated.
+    let response: Value = app.chat(user_message("always-small", "Name a primary colour.")).await.json().await.unwrap();
+    let entry = app.ledger_entry(response["tiergate"]["ledger_index"].as_u64().unwrap()).await;
+    assert!(entry["attempts"][0]["error"].is_null(), "the model's engine survived: {entry}");
+    assert_eq!(response["tiergate"]["tier_served"], 0, "{response}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_tier_queue_answers_429_with_retry_after_instead_of_waiting() {
     let mut settings = test_settings();
