@@ -6,6 +6,12 @@
 //! cargo run --example tokens_per_sec -- --activations bf16   (what mistral.rs picks on its own)
 //! CANDLE_UPSTREAM_QUANTIZED_MATMUL=1 cargo run --example tokens_per_sec   (candle's own loop)
 //! CANDLE_Q4_1_REPACK=0 cargo run --example tokens_per_sec   (Q4_1 in the file layout)
+//! cargo run --example tokens_per_sec -- --card model-cards/gemma3-270m.yaml --completion
+//!
+//! `--card` names the model card whose weights run (default: the small packaged model).
+//! `--completion` sends each prompt as the completion prompt "Q: <prompt>\nA:" with no stop
+//! sequence (a base model has no chat template), as `examples/llama_cpp_completion.py` does for
+//! llama.cpp.
 //!
 //! `--weights loaded` (default) runs the file tiergate serves (the card's derived file when it
 //! names one; the shipped card runs the packaged Q4_1 file); `source` runs the card's source file
@@ -20,7 +26,9 @@ use std::time::Instant;
 
 use tiergate::{
     config::Settings,
-    inference::{ActivationDtype, DecodingProfile, MistralRuntime, Role, Turn, ensure_runnable_weights, ensure_weights},
+    inference::{
+        ActivationDtype, DecodingProfile, LoadedPromptFormat, MistralRuntime, PromptFormat, Role, Turn, ensure_runnable_weights, ensure_weights,
+    },
     registry::{ModelCard, parse_card},
 };
 
@@ -45,7 +53,8 @@ fn arg(name: &str, default: u32) -> u32 {
 async fn main() -> anyhow::Result<()> {
     let max_tokens = arg("--max-tokens", 48);
     let rounds = arg("--rounds", 3);
-    let card_text = std::fs::read_to_string("model-cards/smollm2-135m-instruct.yaml")?;
+    let card_path = arg_value("--card").unwrap_or_else(|| "model-cards/smollm2-135m-instruct.yaml".into());
+    let card_text = std::fs::read_to_string(&card_path)?;
     let card: ModelCard = serde_json::from_value(parse_card(&card_text)?.document)?;
     let settings = Settings::default();
     let which = arg_value("--weights").unwrap_or_else(|| "loaded".into());
@@ -64,7 +73,11 @@ async fn main() -> anyhow::Result<()> {
     println!("{{\"activations\": \"{activations:?}\"}}");
     let runtime = MistralRuntime::load_with_activations(&path, activations).await?;
     let load_s = load_started.elapsed().as_secs_f64();
-    let decoding = DecodingProfile { max_tokens, temperature: 0.0, system_prompt: None };
+    let prompt_format = std::env::args().any(|a| a == "--completion").then(|| {
+        let format = PromptFormat { template: "{{conversation}}".into(), user_prefix: "Q: ".into(), assistant_prefix: "A:".into(), stop: Vec::new() };
+        std::sync::Arc::new(LoadedPromptFormat::new(format))
+    });
+    let decoding = DecodingProfile { max_tokens, temperature: 0.0, system_prompt: None, prompt_format };
     let turn = |text: &str| vec![Turn { role: Role::User, content: text.to_owned() }];
     runtime.generate(&turn("hi"), &DecodingProfile { max_tokens: 4, ..decoding.clone() }).await?; // warm-up
 

@@ -54,7 +54,7 @@ impl Application {
                 remote_timeout: Duration::from_millis(settings.remote_timeout_ms),
             },
         ));
-        let systems = loader.load_active().await?;
+        let (systems, refused) = loader.load_active().await?;
         let signer = CheckpointSigner::load_or_create(&settings.data_dir.join(LEDGER_KEY_FILE), &settings.ledger_origin)?;
         tracing::info!(public_key = %signer.verifier_key, "ledger checkpoints are signed with this key");
         let metrics = Arc::new(Metrics::new()?);
@@ -69,6 +69,9 @@ impl Application {
         }
         let drift = DriftSettings { window: settings.drift_window, psi_threshold: settings.drift_psi_threshold };
         let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text, metrics, drift));
+        for (version, reason) in refused {
+            router.refuse(version, reason);
+        }
         for shadow in store.system_shadows().await? {
             let policy = ArtifactRef { id: shadow.policy_id, version: shadow.policy_version };
             let compiled = loader.policy(&policy).await.with_context(|| format!("shadow policy {policy} of {}", shadow.system_id))?;
@@ -163,10 +166,13 @@ async fn sync_with_registry(router: std::sync::Weak<Router>, registry: Registry,
 
 async fn sync_once(router: &Router, registry: &Registry, store: &Store, loader: &SystemLoader) -> anyhow::Result<()> {
     for version in registry.active(ArtifactKind::SystemCard).await? {
-        if router.serving(&version.reference.id).as_ref() != Some(&version.reference) {
+        if router.serving(&version.reference.id).as_ref() != Some(&version.reference) && !router.is_refused(&version.reference) {
             match loader.load(&version).await {
                 Ok(route) => router.install(route),
-                Err(error) => tracing::warn!(system = %version.reference, error = ?error, "active system cannot be loaded; keeping the one serving"),
+                Err(error) => {
+                    tracing::warn!(system = %version.reference, "active system cannot be loaded; keeping the one serving, if any");
+                    router.refuse(version.reference.clone(), format!("{error:#}"));
+                }
             }
         }
     }

@@ -288,6 +288,7 @@ pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, 
     let request_id = current_request_id().unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let routed = state.router.handle(&request_id, chat).await.map_err(|error| match error {
         RoutingError::UnknownSystem(id) => ApiError::UnknownSystem(format!("model: no active system card {id:?}")),
+        RoutingError::SystemUnavailable { system, reason } => ApiError::Unavailable(format!("model: system {system} cannot be served: {reason}")),
         RoutingError::InvalidRequest(message) => ApiError::InvalidRequest(message),
         RoutingError::LedgerUnavailable(cause) => {
             tracing::error!(error = ?cause, "ledger append failed: refusing to serve");

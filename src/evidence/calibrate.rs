@@ -51,6 +51,11 @@ pub struct CalibrationReport {
     /// Accuracy of each tier alone on the workload.
     pub first_tier_accuracy: f64,
     pub last_tier_accuracy: f64,
+    /// How well each tier's own signal ranks its right answers above its wrong ones: the
+    /// probability that a random right answer scores higher than a random wrong one (AUROC;
+    /// 0.5 is chance). `None` when the tier's answers are all right or all wrong.
+    pub first_tier_auroc: Option<f64>,
+    pub last_tier_auroc: Option<f64>,
     pub sweep: Vec<SweepPoint>,
     /// The cheapest threshold meeting the target (lowest escalation rate); `None` when no
     /// threshold does, not even escalating everything.
@@ -98,6 +103,8 @@ pub async fn calibrate(
         last_tier: tier_model(&card, tiers - 1),
         first_tier_accuracy: accuracy_of(&small),
         last_tier_accuracy: accuracy_of(&large),
+        first_tier_auroc: auroc(&small),
+        last_tier_auroc: auroc(&large),
         sweep,
         recommended,
         policy_data,
@@ -110,6 +117,23 @@ fn tier_model(card: &Value, tier: usize) -> String {
 
 fn accuracy_of(observations: &[Observation]) -> f64 {
     observations.iter().filter(|o| o.correct == Some(true)).count() as f64 / observations.len().max(1) as f64
+}
+
+/// AUROC of the mean token log-probability as a predictor of a correct answer (the
+/// Mann-Whitney statistic, ties counting half), over the answers that have both.
+pub fn auroc(observations: &[Observation]) -> Option<f64> {
+    let scored: Vec<(f64, bool)> =
+        observations.iter().filter_map(|o| Some((o.first_mean_logprob.filter(|s| s.is_finite())?, o.correct?))).collect();
+    let right: Vec<f64> = scored.iter().filter(|(_, c)| *c).map(|(s, _)| *s).collect();
+    let wrong: Vec<f64> = scored.iter().filter(|(_, c)| !*c).map(|(s, _)| *s).collect();
+    if right.is_empty() || wrong.is_empty() {
+        return None;
+    }
+    let wins: f64 = right
+        .iter()
+        .flat_map(|r| wrong.iter().map(move |w| if r > w { 1.0 } else if r == w { 0.5 } else { 0.0 }))
+        .sum();
+    Some(wins / (right.len() * wrong.len()) as f64)
 }
 
 /// Every threshold that changes the outcome: one below all signals (escalate nothing), one
@@ -189,15 +213,17 @@ fn policy_data(card: &Value, system: &str, threshold: f64) -> Value {
 /// The report as Markdown: the recommendation and the risk–coverage table.
 pub fn markdown(report: &CalibrationReport) -> String {
     let mut out = format!(
-        "## Calibration of `{}` on `{}` ({} items)\n\nSignal: {}. First tier {}: accuracy {:.1}% alone; last tier {}: {:.1}% alone. Target accuracy {:.1}%.\n\n",
+        "## Calibration of `{}` on `{}` ({} items)\n\nSignal: {}. First tier {}: accuracy {:.1}% alone, signal AUROC {}; last tier {}: {:.1}% alone, signal AUROC {}. Target accuracy {:.1}%.\n\n",
         report.system,
         report.workload,
         report.items,
         report.signal,
         report.first_tier,
         report.first_tier_accuracy * 100.0,
+        report.first_tier_auroc.map_or_else(|| "–".into(), |a| format!("{a:.3}")),
         report.last_tier,
         report.last_tier_accuracy * 100.0,
+        report.last_tier_auroc.map_or_else(|| "–".into(), |a| format!("{a:.3}")),
         report.target_accuracy * 100.0
     );
     match &report.recommended {
@@ -262,5 +288,16 @@ mod tests {
         assert_eq!(best.escalation_rate, 0.5);
         assert!((-1.5..-0.2).contains(&best.threshold), "between the last accepted and the first escalated: {}", best.threshold);
         assert!(recommend(&points, 1.01).is_none());
+    }
+
+    #[test]
+    fn auroc_is_the_share_of_right_wrong_pairs_the_signal_orders_correctly() {
+        let separated = [observation(-0.1, true), observation(-0.2, true), observation(-1.5, false)];
+        let mixed = [observation(-0.1, true), observation(-0.5, false), observation(-0.9, true), observation(-0.9, false)];
+
+        assert_eq!(auroc(&separated), Some(1.0));
+        // Right -0.1 beats both wrong answers; right -0.9 loses to -0.5 and ties -0.9: (2 + 0.5) / 4.
+        assert_eq!(auroc(&mixed), Some(0.625));
+        assert_eq!(auroc(&separated[..2]), None, "no wrong answer to rank against");
     }
 }

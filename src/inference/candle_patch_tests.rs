@@ -1,12 +1,12 @@
 //! Checks of tiergate's patch to candle-core's CPU quantized matmul (vendor/candle-core,
 //! TIERGATE.md there): the prompt path (several input rows, four weight rows at a time, on the
-//! spin pool) must give exactly what one-row products give, and the AVX2 Q4_1 kernel must agree
-//! with candle's scalar reference; Q4_1 weights held eight rows interleaved must give back the
+//! spin pool) must give exactly what one-row products give, and the AVX2 Q4_1 and Q5_0 kernels
+//! must agree with candle's scalar reference; Q4_1 weights held eight rows interleaved must give back the
 //! file's bytes and values and multiply like the one-row kernel.
 
 use candle_core::Device;
 use candle_core::quantized::ggml_file::qtensor_from_ggml;
-use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ8_0, GgmlType, matmul};
+use candle_core::quantized::k_quants::{BlockQ4_1, BlockQ5_0, BlockQ8_0, GgmlType, matmul};
 use candle_core::quantized::q4_1x8::Q4_1x8Matrix;
 use candle_core::quantized::{GgmlDType, QuantizedType};
 
@@ -56,18 +56,32 @@ fn q4_1_prompt_rows_equal_one_row_products() {
     assert_batched_equals_row_by_row::<BlockQ4_1>();
 }
 
+/// A kernel (AVX2 in this build) against candle's scalar reference on the same blocks.
+fn assert_simd_dot_matches_scalar_reference<T: GgmlType>(k: usize) {
+    for seed in 0..8 {
+        let weights = quantize::<T>(&values(k, 10 + seed), k);
+        let activations = quantize::<T::VecDotType>(&values(k, 20 + seed), k);
+        let simd = T::vec_dot(k, &weights, &activations);
+        let scalar = T::vec_dot_unopt(k, &weights, &activations);
+        // Only the summation order differs.
+        assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "{:?} seed {seed}: {simd} vs {scalar}", T::DTYPE);
+    }
+}
+
 #[test]
 fn q4_1_simd_dot_matches_scalar_reference() {
-    type Activations = <BlockQ4_1 as GgmlType>::VecDotType;
-    let k = 1536;
-    for seed in 0..8 {
-        let weights = quantize::<BlockQ4_1>(&values(k, 10 + seed), k);
-        let activations = quantize::<Activations>(&values(k, 20 + seed), k);
-        let simd = BlockQ4_1::vec_dot(k, &weights, &activations);
-        let scalar = BlockQ4_1::vec_dot_unopt(k, &weights, &activations);
-        // Only the summation order differs.
-        assert!((simd - scalar).abs() <= 1e-4 * scalar.abs().max(1.0), "seed {seed}: {simd} vs {scalar}");
-    }
+    assert_simd_dot_matches_scalar_reference::<BlockQ4_1>(1536);
+}
+
+#[test]
+fn q5_0_simd_dot_matches_scalar_reference() {
+    // 640: Gemma 3 270M's hidden size, which is why its GGUF holds Q5_0 where K-quants don't fit.
+    assert_simd_dot_matches_scalar_reference::<BlockQ5_0>(640);
+}
+
+#[test]
+fn q5_0_prompt_rows_equal_one_row_products() {
+    assert_batched_equals_row_by_row::<BlockQ5_0>();
 }
 
 /// The raw bytes of Q4_1 blocks, as a GGUF file holds them.

@@ -5,10 +5,19 @@ use std::{path::Path, sync::Arc};
 use anyhow::Context;
 use mistralrs::{Model, RequestBuilder, TextMessageRole};
 
-use super::{DecodingProfile, Generation, PromptTooLong, Role, Turn};
+use super::{DecodingProfile, Generation, LoadedPromptFormat, PromptTooLong, Role, Turn};
 
 /// How mistral.rs words its refusal of a prompt longer than the context (engine/add_request.rs).
 const PROMPT_TOO_LONG: &str = "Prompt sequence length is greater than ";
+
+/// The limit named in mistral.rs's refusal of a prompt longer than the context.
+fn prompt_too_long(message: &str) -> PromptTooLong {
+    let limit_tokens = message[PROMPT_TOO_LONG.len().min(message.len())..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok());
+    PromptTooLong { limit_tokens }
+}
 
 /// Sequences mistral.rs runs at once on one loaded model: one. Batched decoding gave wrong
 /// answers. One cause is found and fixed (mistral.rs 0.8.1's CPU decode attention shared its
@@ -112,13 +121,18 @@ impl MistralRuntime {
     }
 
     pub async fn generate(&self, turns: &[Turn], decoding: &DecodingProfile) -> anyhow::Result<Generation> {
-        let mut request = RequestBuilder::new();
         // Chat templates accept one leading system message: the card's prompt comes first and
         // the caller's own system messages are appended to it.
         let mut system: Vec<&str> = decoding.system_prompt.as_deref().into_iter().collect();
         system.extend(turns.iter().filter(|t| t.role == Role::System).map(|t| t.content.as_str()));
-        if !system.is_empty() {
-            request = request.add_message(TextMessageRole::System, system.join("\n\n"));
+        let system = (!system.is_empty()).then(|| system.join("\n\n"));
+        if let Some(format) = &decoding.prompt_format {
+            let prompt = format.format.render(system.as_deref(), turns);
+            return self.complete(prompt, &format.format.stop, decoding).await;
+        }
+        let mut request = RequestBuilder::new();
+        if let Some(system) = system {
+            request = request.add_message(TextMessageRole::System, system);
         }
         for turn in turns.iter().filter(|t| t.role != Role::System) {
             let role = match turn.role {
@@ -141,8 +155,7 @@ impl MistralRuntime {
             .await
             .map_err(|error| match &error {
                 mistralrs::error::Error::RequestValidation(message) if message.starts_with(PROMPT_TOO_LONG) => {
-                    let limit_tokens = message[PROMPT_TOO_LONG.len()..].split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok());
-                    anyhow::Error::new(PromptTooLong { limit_tokens })
+                    anyhow::Error::new(prompt_too_long(message))
                 }
                 _ => anyhow::anyhow!("mistral.rs generation failed: {error}"),
             })?;
@@ -163,25 +176,120 @@ impl MistralRuntime {
         })
     }
 
-    /// One greedy token for `turns`, with its top alternatives: P("yes") among them.
-    pub async fn yes_probability(&self, turns: &[Turn]) -> anyhow::Result<Option<f64>> {
-        let mut request = RequestBuilder::new();
-        for turn in turns {
-            request = request.add_message(TextMessageRole::User, &turn.content);
-        }
-        let request = request.set_deterministic_sampler().return_logprobs(true).set_sampler_topn_logprobs(10).set_sampler_max_len(1);
-        let response = self
-            .model
-            .send_chat_request(request)
-            .await
-            .map_err(|e| anyhow::anyhow!("mistral.rs self-check failed: {e}"))?;
-        let first = response
-            .choices
-            .into_iter()
-            .next()
-            .and_then(|c| c.logprobs)
+    /// A completion of `prompt` (a model without a chat template), ending at the first of
+    /// `stop`; the answer is the text before it, trimmed.
+    async fn complete(&self, prompt: String, stop: &[String], decoding: &DecodingProfile) -> anyhow::Result<Generation> {
+        use mistralrs_core::{SamplingParams, StopTokens};
+
+        let mut sampling = if decoding.temperature <= 0.0 {
+            SamplingParams::deterministic()
+        } else {
+            SamplingParams { temperature: Some(decoding.temperature), ..SamplingParams::neutral() }
+        };
+        sampling.max_len = Some(decoding.max_tokens as usize);
+        sampling.stop_toks = (!stop.is_empty()).then(|| StopTokens::Seqs(stop.to_vec()));
+        let response = self.send_completion(prompt, sampling).await?;
+        let choice = response.choices.into_iter().next().context("mistral.rs returned no choice")?;
+        let (token_texts, token_logprobs) = choice
+            .logprobs
             .and_then(|l| l.content)
-            .and_then(|tokens| tokens.into_iter().next());
+            .map(|tokens| tokens.into_iter().map(|t| (t.token, t.logprob)).unzip())
+            .unwrap_or_default();
+        Ok(Generation {
+            text: choice.text.trim().to_owned(),
+            finish_reason: choice.finish_reason,
+            token_logprobs,
+            token_texts,
+            prompt_tokens: response.usage.prompt_tokens as u64,
+            completion_tokens: response.usage.completion_tokens as u64,
+            self_check_yes: None,
+        })
+    }
+
+    /// The prompt's token ids (BOS added as the model asks) and up to `max_tokens` greedy tokens
+    /// with their ids and log-probabilities, with no stop sequence: to check this runtime against
+    /// a reference implementation on the same file.
+    pub async fn greedy_token_ids(&self, prompt: &str, max_tokens: usize) -> anyhow::Result<(Vec<u32>, Vec<(u32, f32)>)> {
+        use mistralrs_core::SamplingParams;
+
+        let prompt_ids = self
+            .model
+            .tokenize(either::Either::Right(prompt.to_owned()), None, true, false, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("mistral.rs tokenization failed: {e}"))?;
+        let sampling = SamplingParams { max_len: Some(max_tokens), top_n_logprobs: 1, ..SamplingParams::deterministic() };
+        let response = self.send_completion(prompt.to_owned(), sampling).await?;
+        let choice = response.choices.into_iter().next().context("mistral.rs returned no choice")?;
+        let tokens = choice.logprobs.and_then(|l| l.content).unwrap_or_default();
+        // Greedy: the best alternative is the chosen token, and it carries the id.
+        let ids = tokens
+            .iter()
+            .map(|t| t.top_logprobs.first().map(|best| (best.token, t.logprob)).context("a token without its alternatives"))
+            .collect::<anyhow::Result<_>>()?;
+        Ok((prompt_ids, ids))
+    }
+
+    /// mistral.rs's `Model` sends only chat requests; this sends the engine's completion request.
+    async fn send_completion(&self, prompt: String, sampling: mistralrs_core::SamplingParams) -> anyhow::Result<mistralrs_core::CompletionResponse> {
+        use mistralrs_core::{Constraint, NormalRequest, Request, RequestMessage, Response};
+
+        let (sender, mut receiver) = tokio::sync::mpsc::channel(1);
+        let request = Request::Normal(Box::new(NormalRequest {
+            messages: RequestMessage::Completion { text: prompt, echo_prompt: false, best_of: None },
+            sampling_params: sampling,
+            response: sender,
+            return_logprobs: true,
+            is_streaming: false,
+            id: 0,
+            constraint: Constraint::None,
+            suffix: None,
+            tools: None,
+            tool_choice: None,
+            logits_processors: None,
+            return_raw_logits: false,
+            web_search_options: None,
+            model_id: None,
+            truncate_sequence: false,
+        }));
+        self.model
+            .inner()
+            .get_sender(None)
+            .map_err(|e| anyhow::anyhow!("mistral.rs has no engine: {e}"))?
+            .send(request)
+            .await
+            .map_err(|_| anyhow::anyhow!("the mistral.rs engine has stopped"))?;
+        match receiver.recv().await.context("the mistral.rs engine dropped the request")? {
+            Response::CompletionDone(response) => Ok(response),
+            Response::ValidationError(error) if error.to_string().starts_with(PROMPT_TOO_LONG) => {
+                Err(anyhow::Error::new(prompt_too_long(&error.to_string())))
+            }
+            Response::ValidationError(error) | Response::InternalError(error) => anyhow::bail!("mistral.rs generation failed: {error}"),
+            Response::CompletionModelError(error, _) => anyhow::bail!("mistral.rs generation failed: {error}"),
+            _ => anyhow::bail!("mistral.rs answered a completion request with another kind of response"),
+        }
+    }
+
+    /// One greedy token for `turns`, with its top alternatives: P("yes") among them.
+    /// A tier with a completion prompt format is asked through it.
+    pub async fn yes_probability(&self, turns: &[Turn], format: Option<&LoadedPromptFormat>) -> anyhow::Result<Option<f64>> {
+        let first = if let Some(format) = format {
+            let sampling =
+                mistralrs_core::SamplingParams { max_len: Some(1), top_n_logprobs: 10, ..mistralrs_core::SamplingParams::deterministic() };
+            let response = self.send_completion(format.format.render(None, turns), sampling).await.context("mistral.rs self-check failed")?;
+            response.choices.into_iter().next().and_then(|c| c.logprobs).and_then(|l| l.content).and_then(|tokens| tokens.into_iter().next())
+        } else {
+            let mut request = RequestBuilder::new();
+            for turn in turns {
+                request = request.add_message(TextMessageRole::User, &turn.content);
+            }
+            let request = request.set_deterministic_sampler().return_logprobs(true).set_sampler_topn_logprobs(10).set_sampler_max_len(1);
+            let response = self
+                .model
+                .send_chat_request(request)
+                .await
+                .map_err(|e| anyhow::anyhow!("mistral.rs self-check failed: {e}"))?;
+            response.choices.into_iter().next().and_then(|c| c.logprobs).and_then(|l| l.content).and_then(|tokens| tokens.into_iter().next())
+        };
         Ok(first.and_then(|token| {
             let alternatives: Vec<(String, f64)> =
                 token.top_logprobs.iter().filter_map(|t| Some((t.bytes.clone()?, f64::from(t.logprob)))).collect();

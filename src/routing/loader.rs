@@ -12,7 +12,7 @@ use super::{
     guard::{GuardLimits, TierGuard},
 };
 use crate::{
-    inference::{DecodingProfile, MistralRuntime, RemoteRuntime, TierRuntime, ensure_runnable_weights},
+    inference::{DecodingProfile, LoadedPromptFormat, MistralRuntime, RemoteRuntime, TierRuntime, ensure_runnable_weights},
     policy::{BundleSource, CompiledBundle},
     registry::{ArtifactKind, ArtifactRef, ArtifactVersion, ModelCard, Registry, Runtime, SystemCard},
 };
@@ -48,13 +48,18 @@ impl SystemLoader {
         SystemLoader { registry, settings, cache: Mutex::new(Cache::default()) }
     }
 
-    /// Every active system card, ready to serve.
-    pub async fn load_active(&self) -> anyhow::Result<Vec<SystemRoute>> {
-        let mut systems = Vec::new();
+    /// Every active system card: those ready to serve, and those that cannot be loaded (a
+    /// model's weights refused, say) with the reason; one system's failure does not keep the
+    /// others from serving.
+    pub async fn load_active(&self) -> anyhow::Result<(Vec<SystemRoute>, Vec<(ArtifactRef, String)>)> {
+        let (mut systems, mut refused) = (Vec::new(), Vec::new());
         for version in self.registry.active(ArtifactKind::SystemCard).await? {
-            systems.push(self.load(&version).await?);
+            match self.load(&version).await {
+                Ok(system) => systems.push(system),
+                Err(error) => refused.push((version.reference.clone(), format!("{error:#}"))),
+            }
         }
-        Ok(systems)
+        Ok((systems, refused))
     }
 
     /// One system card version with its tiers' runtimes loaded and its policy compiled.
@@ -106,6 +111,7 @@ impl SystemLoader {
                     max_tokens: tier.decoding.max_tokens,
                     temperature: tier.decoding.temperature,
                     system_prompt: tier.decoding.system_prompt.clone(),
+                    prompt_format: tier.decoding.prompt_format.clone().map(|f| Arc::new(LoadedPromptFormat::new(f))),
                 },
                 max_tokens_limit: model_version
                     .document

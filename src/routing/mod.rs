@@ -134,6 +134,9 @@ pub struct Routed {
 pub enum RoutingError {
     #[error("no active system card {0:?}")]
     UnknownSystem(String),
+    /// The active version could not be loaded (its weights, model or policy were refused).
+    #[error("system {system} cannot be served: {reason}")]
+    SystemUnavailable { system: String, reason: String },
     #[error("{0}")]
     InvalidRequest(String),
     /// The ledger could not record the request: nothing is served (fail closed).
@@ -150,6 +153,9 @@ pub enum RoutingError {
 #[derive(Debug)]
 pub struct Router {
     systems: RwLock<HashMap<String, Arc<SystemRoute>>>,
+    /// Active versions that could not be loaded, with why, by system id: refused with that
+    /// reason instead of "unknown", and not retried until a restart or another activation.
+    refused: RwLock<HashMap<String, (ArtifactRef, String)>>,
     /// Candidate bundles evaluated beside a system's own policy, recorded, never acted on.
     shadows: RwLock<HashMap<String, Arc<CompiledBundle>>>,
     ledger: Arc<Ledger>,
@@ -163,6 +169,7 @@ impl Router {
         let systems = systems.into_iter().map(|s| (s.reference.id.clone(), Arc::new(s))).collect();
         Router {
             systems: RwLock::new(systems),
+            refused: RwLock::new(HashMap::new()),
             shadows: RwLock::new(HashMap::new()),
             ledger,
             store_text,
@@ -231,7 +238,19 @@ impl Router {
     pub fn install(&self, route: SystemRoute) {
         let mut systems = self.systems.write().unwrap_or_else(PoisonError::into_inner);
         tracing::info!(system = %route.reference, "now serving");
+        self.refused.write().unwrap_or_else(PoisonError::into_inner).remove(&route.reference.id);
         systems.insert(route.reference.id.clone(), Arc::new(route));
+    }
+
+    /// Records that the active `version` of a system could not be loaded, and why.
+    pub fn refuse(&self, version: ArtifactRef, reason: String) {
+        tracing::error!(system = %version, reason = %reason, "active system cannot be served");
+        self.refused.write().unwrap_or_else(PoisonError::into_inner).insert(version.id.clone(), (version, reason));
+    }
+
+    /// Whether loading `version` already failed (it is not tried again on every sync).
+    pub fn is_refused(&self, version: &ArtifactRef) -> bool {
+        self.refused.read().unwrap_or_else(PoisonError::into_inner).get(&version.id).is_some_and(|(refused, _)| refused == version)
     }
 
     /// Attaches (or, with `None`, detaches) a shadow bundle to a system.
@@ -294,7 +313,10 @@ impl Router {
             .read_systems()
             .get(&request.system_id)
             .cloned()
-            .ok_or_else(|| RoutingError::UnknownSystem(request.system_id.clone()))?;
+            .ok_or_else(|| match self.refused.read().unwrap_or_else(PoisonError::into_inner).get(&request.system_id) {
+                Some((version, reason)) => RoutingError::SystemUnavailable { system: version.to_string(), reason: reason.clone() },
+                None => RoutingError::UnknownSystem(request.system_id.clone()),
+            })?;
         system.check_request(&request)?;
         let base_input = json!({
             "request": request_facts_input(&request),
@@ -437,6 +459,7 @@ impl Router {
             max_tokens: request.max_tokens.map_or(tier.decoding.max_tokens, |m| m.min(tier.decoding.max_tokens)),
             temperature: request.temperature.unwrap_or(tier.decoding.temperature),
             system_prompt: tier.decoding.system_prompt.clone(),
+            prompt_format: tier.decoding.prompt_format.clone(),
         };
         let started = Instant::now();
         let result = match admission {
@@ -447,7 +470,7 @@ impl Router {
                 let generation = async {
                     let mut generation = tier.runtime.generate(&request.turns, &decoding).await?;
                     if system.self_check {
-                        generation.self_check_yes = match tier.runtime.self_check(&request.turns, &generation.text).await {
+                        generation.self_check_yes = match tier.runtime.self_check(&request.turns, &generation.text, &decoding).await {
                             Ok(probability) => Some(probability),
                             Err(error) => {
                                 tracing::warn!(tier = tier.index, error = %format!("{error:#}"), "self-check gave no signal");

@@ -195,7 +195,9 @@ async fn the_response_reports_the_gateways_own_overhead_and_the_cost() {
     assert_eq!(body["tiergate"]["overhead_ms"].as_f64().unwrap(), overhead);
     let attempts_ms: f64 = body["tiergate"]["attempts"].as_array().unwrap().iter().map(|a| a["latency_ms"].as_f64().unwrap()).sum();
     assert!((attempts_ms - model_ms).abs() < 0.01, "model time is the attempts' time");
-    assert_eq!(body["tiergate"]["cost"], 0.0, "the packaged model's card prices it at 0");
+    // The small packaged model's card: 0.0002 per 1k prompt tokens, 0.001 per 1k generated.
+    let expected_cost = (body["usage"]["prompt_tokens"].as_f64().unwrap() * 0.0002 + body["usage"]["completion_tokens"].as_f64().unwrap() * 0.001) / 1000.0;
+    assert!((body["tiergate"]["cost"].as_f64().unwrap() - expected_cost).abs() < 1e-12, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

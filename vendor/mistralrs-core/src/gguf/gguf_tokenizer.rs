@@ -89,7 +89,22 @@ pub fn convert_gguf_to_hf_tokenizer<R: std::io::Seek + std::io::Read>(
         token_types.extend(v);
     }
 
+    // tiergate patch: Gemma 3's SentencePiece vocabulary, tokenized as llama.cpp does.
+    let is_gemma3 = content
+        .get_metadata()
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .is_some_and(|arch| arch == "gemma3");
+    // A chat template writes BOS itself, and the chat path encodes with special tokens: a
+    // post-processor's BOS would then come twice. Without one, completion prompts need it.
+    let has_chat_template = content.get_metadata().contains_key("tokenizer.chat_template");
+    let add_bos = metadata.get_value::<bool>("add_bos_token").unwrap_or(true) && !has_chat_template;
+
     let props = PropsGGUF::try_from(metadata)?;
+
+    if is_gemma3 {
+        return spm_score_merges_tokenizer(&props, &token_types, add_bos);
+    }
 
     let (mut tokenizer, kind) = match props.model.as_str() {
         "llama" | "replit" => unigram_tokenizer(&props)?,
@@ -140,6 +155,105 @@ pub fn convert_gguf_to_hf_tokenizer<R: std::io::Seek + std::io::Read>(
         bos,
         eos: Some(props.tokens[props.eos as usize].clone()),
         unk,
+    })
+}
+
+/// tiergate patch: a SentencePiece vocabulary whose scores rank merges (Gemma 3's), tokenized
+/// as llama.cpp's SPM tokenizer does: user-defined tokens (newline and space runs, HTML tags)
+/// are split off the raw text first and decode as text; control tokens are special; the rest
+/// is merged pairwise, always the adjacent pair whose joined text is the best-scored token,
+/// which is byte-pair encoding with merges ranked by the merged token's score; characters
+/// outside the vocabulary fall back to byte tokens. No space prefix is added (Gemma's GGUF
+/// says `add_space_prefix` false) and BOS is prepended when the file asks for it.
+/// Upstream's conversion (a Unigram model, every non-normal token added as special one call at
+/// a time) gave other token ids, dropped newlines from decoded text, and took quadratic time
+/// over Gemma's ~6,500 special tokens.
+fn spm_score_merges_tokenizer(
+    p: &PropsGGUF,
+    token_types: &[i32],
+    add_bos: bool,
+) -> Result<GgufTokenizerConversion> {
+    const NORMAL: i32 = 1;
+    const CONTROL: i32 = 3;
+    const USER_DEFINED: i32 = 4;
+    let Some(scores) = p.scores.as_ref() else {
+        anyhow::bail!("the `llama` tokenizer is missing `tokenizer.ggml.scores`");
+    };
+    if token_types.len() != p.tokens.len() || scores.len() != p.tokens.len() {
+        anyhow::bail!("tokenizer.ggml.token_type and scores must have one entry per token");
+    }
+    let mut vocab = AHashMap::with_capacity(p.tokens.len());
+    for (id, token) in p.tokens.iter().enumerate() {
+        #[allow(clippy::cast_possible_truncation)]
+        vocab.entry(token.clone()).or_insert(id as u32);
+    }
+    let is_normal = |text: &str| {
+        vocab
+            .get(text)
+            .is_some_and(|&id| token_types[id as usize] == NORMAL)
+    };
+    let mut ranked: Vec<(f32, usize, String, String)> = Vec::new();
+    for (id, token) in p.tokens.iter().enumerate() {
+        if token_types[id] != NORMAL {
+            continue;
+        }
+        for (split, _) in token.char_indices().skip(1) {
+            let (left, right) = token.split_at(split);
+            if is_normal(left) && is_normal(right) {
+                ranked.push((scores[id], id, left.to_owned(), right.to_owned()));
+            }
+        }
+    }
+    // Best score first; splits of one token keep the order of their split point.
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let merges = ranked.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+
+    let unk = p.tokens[p.unk.unwrap_or(0) as usize].clone();
+    let bpe = BpeBuilder::new()
+        .vocab_and_merges(vocab, merges)
+        .unk_token(unk.clone())
+        .byte_fallback(true)
+        .build()
+        .map_err(anyhow::Error::msg)?;
+    let mut tokenizer = TokenizerX::new(
+        ModelWrapper::BPE(bpe),
+        Some(Decoder::Sequence(vec![
+            Decoder::Replace("▁", " "),
+            Decoder::ByteFallback,
+            Decoder::Fuse,
+        ])),
+        Some(Normalizer::Replace(" ", "▁")),
+    )?;
+    let of_type = |wanted: i32, special: bool| -> Vec<AddedToken> {
+        p.tokens
+            .iter()
+            .zip(token_types)
+            .filter(|&(_, &t)| t == wanted)
+            .map(|(token, _)| AddedToken::from(token.clone(), special).normalized(false))
+            .collect()
+    };
+    // One call each: the added vocabulary rebuilds its matcher on every call.
+    tokenizer.add_special_tokens(&of_type(CONTROL, true));
+    tokenizer.add_tokens(&of_type(USER_DEFINED, false));
+    let bos = p.bos.map(|b| p.tokens[b as usize].clone());
+    if let (true, Some(bos_token), Some(bos_id)) = (add_bos, bos.as_ref(), p.bos) {
+        let template = processors::template::TemplateProcessing::builder()
+            .try_single(format!("{bos_token} $A"))
+            .map_err(anyhow::Error::msg)?
+            .special_tokens(vec![(bos_token.clone(), bos_id)])
+            .build()
+            .map_err(anyhow::Error::msg)?;
+        tokenizer.with_post_processor(Some(template));
+    }
+    info!(
+        "GGUF tokenizer: SentencePiece vocabulary with score-ranked merges, {} tokens",
+        tokenizer.get_vocab_size(true)
+    );
+    Ok(GgufTokenizerConversion {
+        tokenizer,
+        bos,
+        eos: Some(p.tokens[p.eos as usize].clone()),
+        unk: Some(unk),
     })
 }
 

@@ -18,6 +18,7 @@ pub(crate) mod quantized_llama;
 pub(crate) mod quantized_phi2;
 pub(crate) mod quantized_phi3;
 pub(crate) mod quantized_qwen;
+pub(crate) mod quantized_gemma3; // tiergate patch
 pub(crate) mod quantized_qwen3;
 pub(crate) mod quantized_qwen3_moe;
 pub(crate) mod quantized_starcoder2;

@@ -362,6 +362,14 @@ impl DeviceMappedModelLoader for GgufDeviceMapLoaderInner<'_, '_> {
                 };
                 token_embd + output_norm + output
             }
+            // tiergate patch: Gemma 3 (tied output: the quantized embedding matrix serves both).
+            GGUFArchitecture::Gemma3 => {
+                tensor_info_size_in_bytes!(self.model.tensor_info("token_embd.weight")?)
+                    + tensor_info_size_in_bytes!(
+                        self.model.tensor_info("output_norm.weight")?,
+                        DType::F32
+                    )
+            }
             _ => unimplemented!(),
         };
         Ok(size_in_bytes)
@@ -645,6 +653,20 @@ impl DeviceMappedModelLoader for GgufDeviceMapLoaderInner<'_, '_> {
                     + ffn_gate
             }
 
+            // tiergate patch: Gemma 3, every tensor of one block.
+            GGUFArchitecture::Gemma3 => {
+                let mut total = 0;
+                for name in [
+                    "attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "attn_q_norm",
+                    "attn_k_norm", "post_attention_norm", "ffn_norm", "ffn_gate", "ffn_up",
+                    "ffn_down", "post_ffw_norm",
+                ] {
+                    total += tensor_info_size_in_bytes!(self
+                        .model
+                        .tensor_info(&format!("blk.0.{name}.weight"))?);
+                }
+                total
+            }
             _ => unimplemented!(),
         };
         Ok(vec![size_in_bytes; self.num_layers(config)?])

