@@ -38,7 +38,8 @@ fn default_assistant_prefix() -> String {
 
 impl PromptFormat {
     /// The prompt for `turns`: each user turn as `user_prefix` + text, each assistant turn as
-    /// `assistant_prefix` + " " + text, one per line, then `assistant_prefix`. System text goes
+    /// `assistant_prefix` + " " + text, one per line, then `assistant_prefix`, where the prompt
+    /// ends (whitespace after `{{conversation}}` in the template is dropped). System text goes
     /// at `{{system}}`, or before the template, followed by a blank line, when there is none.
     pub fn render(&self, system: Option<&str>, turns: &[Turn]) -> String {
         let mut conversation = String::new();
@@ -55,7 +56,9 @@ impl PromptFormat {
         }
         conversation.push_str(&self.assistant_prefix);
         let system = system.map(str::trim).filter(|s| !s.is_empty());
-        let body = self.template.replacen(CONVERSATION, &conversation, 1);
+        // The prompt ends where the model is to continue: whitespace after the conversation
+        // (a YAML block scalar's final newline, say) would make it start a new line instead.
+        let body = self.template.trim_end().replacen(CONVERSATION, &conversation, 1);
         match (body.contains(SYSTEM), system) {
             (true, system) => body.replace(SYSTEM, system.unwrap_or("")),
             (false, Some(system)) => format!("{system}\n\n{body}"),
@@ -110,7 +113,7 @@ mod tests {
 
     #[test]
     fn a_conversation_is_rendered_after_the_examples_ending_with_the_answer_prefix() {
-        let format = format("Q: 2+2?\nA: 4\n\n{{conversation}}");
+        let format = format("Q: 2+2?\nA: 4\n\n{{conversation}}\n");
         let turns = [turn(Role::User, "Capital of France?"), turn(Role::Assistant, "Paris"), turn(Role::User, " And of Italy? ")];
 
         let prompt = format.render(None, &turns);

@@ -28,8 +28,11 @@ use crate::utils::gguf_metadata::ContentMetadata;
 use crate::utils::model_config as ModelConfig;
 use crate::utils::progress::{new_multi_progress, NiceProgressBar};
 
-/// The dtype of the attention inputs and of the KV cache (see `forward_attn`).
-const ATTENTION_DTYPE: DType = DType::F16;
+/// The dtype of the attention inputs and of the KV cache. llama.cpp keeps keys and values in
+/// f16; f16 here matched its greedy tokens more often on short prompts, but mistral.rs's CPU
+/// attention then gave garbage past ~150 prompt tokens (seen 2026-12-01, not yet found), so
+/// attention stays f32 (see TIERGATE.md).
+const ATTENTION_DTYPE: DType = DType::F32;
 /// Every sixth layer attends globally; the others within the sliding window.
 const SLIDING_WINDOW_PATTERN: usize = 6;
 /// The rope base of the sliding-window layers: fixed by the architecture, not in the file
@@ -155,9 +158,6 @@ impl LayerWeights {
 
         let (q, k) = self.rotary.forward(&q, &k, start_offsets)?;
 
-        // Keys and values are kept in f16 and attention reads f16 queries, as llama.cpp does
-        // by default: Gemma's attention is sharp enough that f32 and f16 attention give
-        // visibly different continuations, and llama.cpp on the same file is the reference.
         let (q, k, v) = (
             q.to_dtype(ATTENTION_DTYPE)?,
             k.to_dtype(ATTENTION_DTYPE)?,
