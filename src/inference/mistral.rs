@@ -19,6 +19,23 @@ fn prompt_too_long(message: &str) -> PromptTooLong {
     PromptTooLong { limit_tokens }
 }
 
+/// A chat or completion answer with its tokens' texts and logprobs.
+fn generation(text: String, finish_reason: String, logprobs: Option<mistralrs_core::Logprobs>, usage: &mistralrs_core::Usage) -> Generation {
+    let (token_texts, token_logprobs) = logprobs
+        .and_then(|l| l.content)
+        .map(|tokens| tokens.into_iter().map(|t| (t.token, t.logprob)).unzip())
+        .unwrap_or_default();
+    Generation {
+        text,
+        finish_reason,
+        token_logprobs,
+        token_texts,
+        prompt_tokens: usage.prompt_tokens as u64,
+        completion_tokens: usage.completion_tokens as u64,
+        self_check_yes: None,
+    }
+}
+
 /// Sequences mistral.rs runs at once on one loaded model: one. Batched decoding gave wrong
 /// answers. One cause is found and fixed (mistral.rs 0.8.1's CPU decode attention shared its
 /// scratch across the batch: vendor/mistralrs-core/TIERGATE.md); with that fix, batches are
@@ -160,20 +177,7 @@ impl MistralRuntime {
                 _ => anyhow::anyhow!("mistral.rs generation failed: {error}"),
             })?;
         let choice = response.choices.into_iter().next().context("mistral.rs returned no choice")?;
-        let (token_texts, token_logprobs) = choice
-            .logprobs
-            .and_then(|l| l.content)
-            .map(|tokens| tokens.into_iter().map(|t| (t.token, t.logprob)).unzip())
-            .unwrap_or_default();
-        Ok(Generation {
-            text: choice.message.content.unwrap_or_default(),
-            finish_reason: choice.finish_reason,
-            token_logprobs,
-            token_texts,
-            prompt_tokens: response.usage.prompt_tokens as u64,
-            completion_tokens: response.usage.completion_tokens as u64,
-            self_check_yes: None,
-        })
+        Ok(generation(choice.message.content.unwrap_or_default(), choice.finish_reason, choice.logprobs, &response.usage))
     }
 
     /// A completion of `prompt` (a model without a chat template), ending at the first of
@@ -190,20 +194,7 @@ impl MistralRuntime {
         sampling.stop_toks = (!stop.is_empty()).then(|| StopTokens::Seqs(stop.to_vec()));
         let response = self.send_completion(prompt, sampling).await?;
         let choice = response.choices.into_iter().next().context("mistral.rs returned no choice")?;
-        let (token_texts, token_logprobs) = choice
-            .logprobs
-            .and_then(|l| l.content)
-            .map(|tokens| tokens.into_iter().map(|t| (t.token, t.logprob)).unzip())
-            .unwrap_or_default();
-        Ok(Generation {
-            text: choice.text.trim().to_owned(),
-            finish_reason: choice.finish_reason,
-            token_logprobs,
-            token_texts,
-            prompt_tokens: response.usage.prompt_tokens as u64,
-            completion_tokens: response.usage.completion_tokens as u64,
-            self_check_yes: None,
-        })
+        Ok(generation(choice.text.trim().to_owned(), choice.finish_reason, choice.logprobs, &response.usage))
     }
 
     /// The prompt's token ids (BOS added as the model asks) and up to `max_tokens` greedy tokens

@@ -24,12 +24,11 @@ fn gemma_card() -> ModelCard {
 }
 
 /// Against llama.cpp on the same file. The tokenizer must agree exactly. The arithmetic does
-/// not: Gemma's residual stream reaches 1e5 and its attention is sharp, so the rounding of
-/// activations, keys and values moves logprobs by tenths (a float64 NumPy forward pass on the
-/// dequantized weights puts the first prompt's first token at -0.88, llama.cpp at -1.18,
-/// tiergate at -1.51). Checked is what was measured on 2026-12-01, which falls short of the
-/// ≥ 90% of identical 32-token continuations and 0.05 logprob gap asked for
-/// (vendor/mistralrs-core/TIERGATE.md, BENCHMARKS.md "Gemma 3 270M against llama.cpp").
+/// not quite: Gemma's residual stream reaches 1e5 and its attention is sharp, so the rounding
+/// of activations, keys and values (llama.cpp keeps them in f16, tiergate in f32) moves
+/// logprobs. Checked is what was measured on 2026-12-01 (23/23 first tokens, 14/23 whole
+/// continuations, median first-token gap 0.04), short of the ≥ 90% identical 32-token
+/// continuations asked for (BENCHMARKS.md, "Gemma 3 270M as the large tier").
 #[tokio::test(flavor = "multi_thread")]
 async fn gemma3_matches_llama_cpp_on_the_same_file() {
     let _one = ONE_GEMMA_AT_A_TIME.lock().await;
@@ -73,8 +72,9 @@ async fn gemma3_matches_llama_cpp_on_the_same_file() {
     first_gaps.sort_by(f32::total_cmp);
     let median_gap = first_gaps[first_gaps.len() / 2];
     eprintln!("first token agrees for {first_token_agrees} of {}, all 32 for {all_agree}; first-token logprob gaps {first_gaps:?}; shared tokens {report:?}", cases.len());
-    assert!(first_token_agrees * 5 >= cases.len() * 4, "the first greedy token agrees for {first_token_agrees} of {}", cases.len());
-    assert!(median_gap <= 0.15, "median first-token logprob gap {median_gap}: {first_gaps:?}");
+    assert!(first_token_agrees * 10 >= cases.len() * 9, "the first greedy token agrees for {first_token_agrees} of {}", cases.len());
+    assert!(median_gap <= 0.05, "median first-token logprob gap {median_gap}: {first_gaps:?}");
+    assert!(all_agree * 2 >= cases.len(), "all 32 tokens agree for {all_agree} of {}: {report:?}", cases.len());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -87,7 +87,10 @@ impl QuantizedEmbedding {
             rows.extend_from_slice(row);
         }
         let device = self.weight.device();
-        let storage = QStorage::from_data(Cow::Owned(rows), &device, self.weight.dtype())?;
+        // Borrowed, not owned: candle's `as_t_slice` returns a slice into the `Cow` it is given
+        // by value, so an owned buffer would be freed before `from_data` copies it (garbage
+        // embeddings whenever another thread reused that memory first).
+        let storage = QStorage::from_data(Cow::Borrowed(&rows), &device, self.weight.dtype())?;
         let rows = QTensor::new(storage, (ids.len(), self.hidden_size))?;
         (rows.dequantize(&device)? * self.scale)?.reshape((b_sz, seq_len, self.hidden_size))
     }
