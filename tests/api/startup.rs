@@ -101,9 +101,14 @@ async fn derived_weights_that_do_not_match_the_model_card_are_refused_at_load() 
 const PACKAGED_WEIGHTS_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 const DERIVED_WEIGHTS_SHA256: &str = "4a197789e71f16d2a0c228684e98def3218e2e324488a5414d46605bf849023d";
 
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().flat_map(|entry| if entry.path().is_dir() { walk(&entry.path()) } else { vec![entry.path()] }).collect()
+}
+
 /// Adds to `settings` a model card `model_id` with the given `weights:` block (its lines after
 /// the first indented by two) and a one-tier system card `uses-<model_id>` that uses it.
-fn use_one_model_card(settings: &mut tiergate::config::Settings, model_id: &str, weights_yaml: &str) {
+pub fn use_one_model_card(settings: &mut tiergate::config::Settings, model_id: &str, weights_yaml: &str) {
     let cards = settings.data_dir.join("cards");
     std::fs::create_dir_all(&cards).unwrap();
     let model_card =
@@ -114,9 +119,4 @@ fn use_one_model_card(settings: &mut tiergate::config::Settings, model_id: &str,
     );
     std::fs::write(cards.join("system.yaml"), system_card).unwrap();
     settings.cards_dirs.push(cards);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
-    entries.flatten().flat_map(|entry| if entry.path().is_dir() { walk(&entry.path()) } else { vec![entry.path()] }).collect()
 }
