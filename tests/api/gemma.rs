@@ -7,7 +7,10 @@ use tiergate::{
     registry::{ModelCard, parse_card},
 };
 
-use crate::helpers::{spawn_app, spawn_app_with, test_settings, user_message};
+use crate::{
+    helpers::{spawn_app, spawn_app_with, test_settings, user_message},
+    startup::use_one_model_card,
+};
 
 const GEMMA_SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
 const GEMMA_CARD: &str = include_str!("../../model-cards/gemma3-270m.yaml");
@@ -43,7 +46,7 @@ async fn gemma3_matches_llama_cpp_on_the_same_file() {
     let cases = reference["cases"].as_array().unwrap();
     assert!(cases.len() >= 20);
 
-    let (mut first_token_agrees, mut all_agree, mut first_gaps, mut report) = (0, 0, Vec::new(), Vec::new());
+    let (mut first_token_agrees, mut all_agree, mut first_gaps, mut prefix_gaps, mut report) = (0, 0, Vec::new(), Vec::new(), Vec::new());
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
         let expected_ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|id| id.as_u64().unwrap() as u32).collect();
@@ -58,11 +61,13 @@ async fn gemma3_matches_llama_cpp_on_the_same_file() {
 
         assert_eq!(prompt_ids, expected_ids, "the prompt's token ids, for {prompt:?}");
         let shared = tokens.iter().zip(&expected).take_while(|(ours, theirs)| ours.0 == theirs.0).count();
-        report.push(format!("{shared}/{}", expected.len()));
+        report.push(format!("{shared}/{} (first {:.4} vs {:.4})", expected.len(), tokens[0].1, expected[0].1));
         if shared > 0 {
             first_token_agrees += 1;
             first_gaps.push((tokens[0].1 - expected[0].1).abs());
         }
+        let prefix_gap = tokens.iter().zip(&expected).take(shared).map(|(ours, theirs)| (ours.1 - theirs.1).abs()).fold(0.0, f32::max);
+        prefix_gaps.push(prefix_gap);
         if shared == expected.len() && tokens.len() == expected.len() {
             all_agree += 1;
         }
@@ -70,7 +75,7 @@ async fn gemma3_matches_llama_cpp_on_the_same_file() {
 
     first_gaps.sort_by(f32::total_cmp);
     let median_gap = first_gaps[first_gaps.len() / 2];
-    eprintln!("first token agrees for {first_token_agrees} of {}, all 32 for {all_agree}; first-token logprob gaps {first_gaps:?}; shared tokens {report:?}", cases.len());
+    eprintln!("first token agrees for {first_token_agrees} of {}, all 32 for {all_agree}; first-token logprob gaps {first_gaps:?}; largest gap in each shared prefix {prefix_gaps:?}; shared tokens {report:?}", cases.len());
     assert!(first_token_agrees * 10 >= cases.len() * 9, "the first greedy token agrees for {first_token_agrees} of {}", cases.len());
     assert!(median_gap <= 0.05, "median first-token logprob gap {median_gap}: {first_gaps:?}");
     assert!(all_agree * 2 >= cases.len(), "all 32 tokens agree for {all_agree} of {}: {report:?}", cases.len());
@@ -174,22 +179,7 @@ async fn a_gguf_of_an_architecture_tiergate_cannot_run_is_refused_naming_the_arc
     let file = settings.data_dir.join("renamed.gguf");
     std::fs::write(&file, &bytes).unwrap();
     let sha256 = tiergate::inference::sha256_file(&file).unwrap();
-    let cards = settings.data_dir.join("cards");
-    std::fs::create_dir_all(&cards).unwrap();
-    std::fs::write(
-        cards.join("cards.yaml"),
-        format!(
-            "kind: model-card\nid: renamed\nname: renamed\nruntime: {{kind: mistralrs-gguf}}\nweights: {{source: {{path: {}}}, sha256: {sha256}}}\n",
-            file.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        cards.join("system.yaml"),
-        "kind: system-card\nid: uses-renamed\npurpose: test\npolicy: tiergate-default@1\ntiers:\n  - {name: only, model: renamed@1, decoding: {max_tokens: 8}}\n",
-    )
-    .unwrap();
-    settings.cards_dirs.push(cards);
+    use_one_model_card(&mut settings, "renamed", &format!("source: {{path: {}}}\n  sha256: {sha256}", file.display()));
 
     let app = spawn_app_with(settings).await;
     let refused = app.chat(user_message("uses-renamed", "Hi")).await;

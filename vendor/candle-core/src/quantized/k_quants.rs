@@ -659,10 +659,12 @@ impl GgmlType for BlockQ8_0 {
                 amax = amax.max(x.abs())
             }
             let d = amax / ((1 << 7) - 1) as f32;
-            let id = if d != 0f32 { 1. / d } else { 0. };
+            // tiergate patch: the scale and rounding of ggml's x86 quantize_row_q8_0 (127 / amax,
+            // ties to even), so that activations quantize to the bytes llama.cpp's do.
+            let id = if amax != 0f32 { 127. / amax } else { 0. };
             ys.d = f16::from_f32(d);
             for (y, &x) in ys.qs.iter_mut().zip(xs.iter()) {
-                *y = f32::round(x * id) as i8
+                *y = f32::round_ties_even(x * id) as i8
             }
         }
     }
@@ -2261,11 +2263,12 @@ impl GgmlType for BlockQ8K {
                 y.d = 0f32;
                 y.qs.fill(0)
             } else {
-                let iscale = -128f32 / max;
+                // tiergate patch: ggml's quantize_row_q8_K_ref (-127 / max, `nearest_int`, which
+                // rounds ties to even); upstream candle kept ggml's earlier -128 / max, so every
+                // K-quant matmul saw activations on another grid than llama.cpp's.
+                let iscale = -127f32 / max;
                 for (j, q) in y.qs.iter_mut().enumerate() {
-                    // ggml uses nearest_int with bit magic here, maybe we want the same
-                    // but we would have to test and benchmark it.
-                    let v = (iscale * xs[j]).round();
+                    let v = (iscale * xs[j]).round_ties_even();
                     *q = v.min(127.) as i8
                 }
                 for j in 0..QK_K / 16 {

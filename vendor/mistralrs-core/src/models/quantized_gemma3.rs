@@ -29,8 +29,8 @@ use crate::utils::model_config as ModelConfig;
 use crate::utils::progress::{new_multi_progress, NiceProgressBar};
 
 /// The dtype of the attention inputs and of the KV cache. llama.cpp keeps keys and values in
-/// f16; an f16 try here gave garbage past ~150 prompt tokens, but was made while the embedding
-/// read freed memory (see `QuantizedEmbedding::forward`), so it is worth retrying (TIERGATE.md).
+/// f16; rounding queries, keys, values and attention weights (and the GeGLU) as llama.cpp does
+/// did not bring the two closer (2026-12-02, TIERGATE.md), so attention stays f32.
 const ATTENTION_DTYPE: DType = DType::F32;
 /// Every sixth layer attends globally; the others within the sliding window.
 const SLIDING_WINDOW_PATTERN: usize = 6;
