@@ -35,6 +35,10 @@ pub enum ApiError {
     /// A policy bundle that does not compile: 422 with module, line and column.
     #[error("policy bundle does not compile: {0}")]
     PolicyCompile(crate::policy::CompileError),
+    /// An OpenAI request parameter tiergate does not implement, given a value that would
+    /// change the answer: 400, naming the parameter (`param`), never silently ignored.
+    #[error("{message}")]
+    UnsupportedParameter { param: String, message: String },
     /// No valid API key on a request that needs one.
     #[error("{0}")]
     Unauthenticated(String),
@@ -69,6 +73,7 @@ impl ApiError {
             ApiError::Syntax { .. } => "syntax_error",
             ApiError::PolicyCompile(_) => "policy_compile_error",
             ApiError::SchemaViolations { .. } => "schema_violation",
+            ApiError::UnsupportedParameter { .. } => "unsupported_parameter",
             ApiError::Unauthenticated(_) => "unauthenticated",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::TooManyRequests { code, .. } => code,
@@ -132,6 +137,9 @@ pub struct ErrorDetail {
     /// What was wrong and where.
     pub message: String,
     pub request_id: String,
+    /// For `unsupported_parameter`: the request parameter at fault (as OpenAI's `param`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
     /// For `policy_denied`: the ledger entry that records the refusal.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ledger_index: Option<u64>,
@@ -155,7 +163,10 @@ pub struct TextLocation {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_) | ApiError::Syntax { .. } | ApiError::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
+            ApiError::MalformedJson(_)
+            | ApiError::Syntax { .. }
+            | ApiError::ContextLengthExceeded { .. }
+            | ApiError::UnsupportedParameter { .. } => StatusCode::BAD_REQUEST,
             ApiError::InvalidRequest(_) | ApiError::SchemaViolations { .. } | ApiError::PolicyCompile(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -194,6 +205,10 @@ impl ResponseError for ApiError {
             ApiError::SchemaViolations { violations, .. } => Some(violations.clone()),
             _ => None,
         };
+        let param = match self {
+            ApiError::UnsupportedParameter { param, .. } => Some(param.clone()),
+            _ => None,
+        };
         let mut response = HttpResponse::build(self.status_code());
         if let ApiError::TooManyRequests { retry_after_s, .. } = self {
             response.insert_header((actix_web::http::header::RETRY_AFTER, retry_after_s.to_string()));
@@ -205,6 +220,7 @@ impl ResponseError for ApiError {
                 code: self.code().to_owned(),
                 message: self.to_string(),
                 request_id: current_request_id().unwrap_or_default(),
+                param,
                 ledger_index,
                 location,
                 module,

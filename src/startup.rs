@@ -83,7 +83,8 @@ impl Application {
         }
         let access = Arc::new(Access::new(store.clone(), settings.rate_limit_per_minute));
         let bootstrap_key = bootstrap_admin(&access, settings.bootstrap_admin_key.as_deref()).await?;
-        let requirements = Arc::new(Requirements::from_openapi(&api::openapi_document())?);
+        let document = api::openapi_document();
+        let requirements = Arc::new(Requirements::from_openapi(&document)?);
         let state = web::Data::new(AppState { router, store, registry, loader, access, requirements });
 
         let listener = TcpListener::bind(&settings.bind).with_context(|| format!("binding {}", settings.bind))?;
@@ -96,7 +97,8 @@ impl Application {
                 .app_data(api::query_config())
                 .app_data(api::path_config())
                 .configure(api::routes)
-                .openapi_service(|document| SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document))
+                // The completed document (api::openapi_document), not the bare generated one.
+                .openapi_service(|_generated| SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document.clone()))
                 .into_app()
                 .default_service(web::to(api::not_found))
                 // Outermost last: the request id exists before authorization logs or refuses.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, http::StatusCode, post, web};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{AppState, parse_json_body};
@@ -11,13 +12,17 @@ use crate::{
     access::Caller,
     error::{ApiError, ErrorBody},
     inference::{Role, Turn, chat_messages},
-    routing::{AttemptSummary, ChatRequest, Outcome, RequestFacts, Routed, RoutingError},
+    routing::{AttemptSummary, ChatRequest, Outcome, RequestFacts, Routed, RoutingError, ServedAnswer},
     store::ReviewRow,
     telemetry::current_request_id,
 };
 
-/// An OpenAI chat-completions request. Fields tiergate does not use (top_p, seed, …) are
-/// accepted and ignored so that existing clients work unchanged.
+/// An OpenAI chat-completions request. OpenAI parameters that tiergate does not implement
+/// (`tools`, `tool_choice`, `functions`, `response_format` other than text, `logit_bias`,
+/// `top_logprobs`, `top_p`, penalties, `stop`, `seed`, `n` > 1, audio, …) are refused with 400
+/// `unsupported_parameter` naming the parameter whenever their value would change the answer;
+/// bookkeeping fields (`store`, `service_tier`, `parallel_tool_calls`) are accepted and have no
+/// effect.
 #[derive(Debug, Deserialize, ToSchema)]
 #[schema(example = json!({
     "model": "support-triage",
@@ -254,7 +259,7 @@ impl From<AttemptSummary> for AttemptView {
                 ("X-Request-Id" = String, description = "Request id (also in every log line)"),
             )),
         (status = 202, description = "Answer held for human review: returned flagged (`tiergate.review_required`) and queued for a reviewer", body = ChatCompletionResponse),
-        (status = 400, description = "Body is not valid JSON, or (`context_length_exceeded`, recorded in the ledger) the prompt is longer than the context of every tier that tried it", body = ErrorBody),
+        (status = 400, description = "Body is not valid JSON; a parameter tiergate does not implement (`unsupported_parameter`, named in `error.param`); or (`context_length_exceeded`, recorded in the ledger) the prompt is longer than the context of every tier that tried it", body = ErrorBody),
         (status = 401, description = "No valid API key", body = ErrorBody),
         (status = 403, description = "Refused by policy (recorded in the ledger), or the key lacks the role or the system in its scopes", body = ErrorBody),
         (status = 404, description = "No active system card with this id", body = ErrorBody),
@@ -267,6 +272,9 @@ impl From<AttemptSummary> for AttemptView {
 pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let started = std::time::Instant::now();
     let request: ChatCompletionRequest = parse_json_body(&body)?;
+    if let Some(refusal) = serde_json::from_slice::<serde_json::Map<String, Value>>(&body).ok().and_then(|raw| unsupported_parameter(&raw)) {
+        return Err(refusal);
+    }
     let model = request.model.clone();
     let options = ResponseOptions {
         stream: request.stream == Some(true),
@@ -324,6 +332,65 @@ pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, 
     respond(request_id, model, routed, options, started, state.router.metrics())
 }
 
+/// OpenAI request parameters tiergate does not implement, each with the values (besides null)
+/// that mean "not used". Any other value is refused: an application that asks for a tool call
+/// or for JSON must not get free text as if it had not asked.
+const UNSUPPORTED_PARAMETERS: &[(&str, &[&str])] = &[
+    ("tools", &["[]"]),
+    ("tool_choice", &["\"none\""]),
+    ("functions", &["[]"]),
+    ("function_call", &["\"none\""]),
+    ("response_format", &[r#"{"type": "text"}"#]),
+    ("logit_bias", &["{}"]),
+    ("top_logprobs", &["0"]),
+    ("top_p", &["1"]),
+    ("presence_penalty", &["0"]),
+    ("frequency_penalty", &["0"]),
+    ("stop", &["[]"]),
+    ("seed", &[]),
+    ("n", &["1"]),
+    ("audio", &[]),
+    ("modalities", &[r#"["text"]"#]),
+    ("prediction", &[]),
+    ("web_search_options", &[]),
+    ("reasoning_effort", &[]),
+];
+
+fn unsupported_parameter(body: &serde_json::Map<String, Value>) -> Option<ApiError> {
+    let same = |given: &Value, neutral: &Value| match (given.as_f64(), neutral.as_f64()) {
+        (Some(a), Some(b)) => a == b,
+        _ => given == neutral,
+    };
+    UNSUPPORTED_PARAMETERS.iter().find_map(|(param, neutral)| {
+        let given = body.get(*param).filter(|v| !v.is_null())?;
+        let neutral: Vec<Value> = neutral.iter().map(|n| serde_json::from_str(n).expect("a neutral value is JSON")).collect();
+        if neutral.iter().any(|n| same(given, n)) {
+            return None;
+        }
+        let allowed = if neutral.is_empty() {
+            String::new()
+        } else {
+            format!(" (accepted only as {})", neutral.iter().map(Value::to_string).collect::<Vec<_>>().join(" or "))
+        };
+        Some(ApiError::UnsupportedParameter {
+            param: (*param).to_owned(),
+            message: format!("{param}: tiergate does not support this parameter{allowed}; got {given}"),
+        })
+    })
+}
+
+/// The logprobs of the answer's own tokens: as OpenAI and llama.cpp report them, without the
+/// token that ended it (an end-of-turn token, or a stop sequence the answer is cut at), which is
+/// not part of the text. The confidence signal (`mean_logprob`) keeps that token, as the
+/// calibration measured it: how sure the model was that the answer was complete belongs there.
+fn answer_logprobs(answer: &ServedAnswer) -> &[(String, f32)] {
+    let tokens = answer.token_logprobs.as_slice();
+    match tokens.split_last() {
+        Some(((last, _), rest)) if answer.finish_reason == "stop" && !last.is_empty() && !answer.text.ends_with(last.as_str()) => rest,
+        _ => tokens,
+    }
+}
+
 /// How the caller wants the answer delivered.
 #[derive(Debug, Clone, Copy)]
 struct ResponseOptions {
@@ -367,9 +434,6 @@ fn into_domain(request: ChatCompletionRequest, caller: &Caller) -> Result<ChatRe
     }
     if request.messages.is_empty() {
         return Err(ApiError::InvalidRequest("messages: must contain at least one message".into()));
-    }
-    if request.n.is_some_and(|n| n != 1) {
-        return Err(ApiError::InvalidRequest("n: only one choice (n = 1) is supported".into()));
     }
     if let Some(t) = request.temperature {
         if !(0.0..=2.0).contains(&t) {
@@ -472,8 +536,7 @@ fn respond(
             message: AssistantMessage { role: "assistant".into(), content: answer.text.clone() },
             finish_reason: answer.finish_reason.clone(),
             logprobs: options.logprobs.then(|| ChoiceLogprobs {
-                content: answer
-                    .token_logprobs
+                content: answer_logprobs(answer)
                     .iter()
                     .map(|(token, logprob)| TokenLogprob { token: token.clone(), logprob: *logprob, top_logprobs: Vec::new() })
                     .collect(),

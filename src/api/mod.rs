@@ -2,10 +2,12 @@
 
 pub mod access;
 pub mod chat;
+pub mod document;
 pub mod health;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod models;
 pub mod registry;
 pub mod reviews;
 
@@ -54,6 +56,8 @@ pub struct AppState {
         (name = "policies", description = "Policy bundles: tests with coverage, dry-run, replay against the ledger, shadow mode"),
         (name = "operations", description = "Health, readiness and the API description"),
     ),
+    // Named by path parameters, which utoipa does not collect on its own.
+    components(schemas(registry::CardCollection)),
     modifiers(&SecurityAddon)
 )]
 pub struct ApiDoc;
@@ -63,6 +67,8 @@ pub struct ApiDoc;
 pub fn routes(config: &mut ServiceConfig) {
     config
         .service(chat::create_chat_completion)
+        .service(models::list_models)
+        .service(models::get_model)
         .service(health::healthz)
         .service(health::readyz)
         .service(ledger::get_checkpoint)
@@ -113,7 +119,7 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
         .openapi(ApiDoc::openapi())
         .configure(routes)
         .split_for_parts();
-    document
+    document::complete(document)
 }
 
 /// Query-string errors get the documented JSON error body too, naming the parameter.

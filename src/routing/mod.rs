@@ -229,6 +229,13 @@ impl Router {
         ids
     }
 
+    /// Every system served now, by id.
+    pub fn systems(&self) -> Vec<Arc<SystemRoute>> {
+        let mut systems: Vec<Arc<SystemRoute>> = self.read_systems().values().cloned().collect();
+        systems.sort_by(|a, b| a.reference.id.cmp(&b.reference.id));
+        systems
+    }
+
     /// The version each system serves now, by system id.
     pub fn serving(&self, id: &str) -> Option<ArtifactRef> {
         self.read_systems().get(id).map(|s| s.reference.clone())

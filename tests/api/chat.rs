@@ -165,7 +165,7 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_no_ledger_entry() {
         (json!({"model": "support-triage", "messages": [{"role": "user", "content": 5}]}), 422, "invalid_request", "messages[0].content"),
         (json!({"model": "support-triage", "messages": [{"role": "wizard", "content": "hi"}]}), 422, "invalid_request", "messages[0].role"),
         (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}), 422, "invalid_request", "max_tokens"),
-        (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "n": 3}), 422, "invalid_request", "n:"),
+        (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "n": 3}), 400, "unsupported_parameter", "n:"),
     ];
 
     for (request, status, code, named) in cases {
@@ -181,6 +181,46 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_no_ledger_entry() {
     assert_eq!(app.ledger_count().await, 0);
 }
 
+/// What would change the answer is refused, naming the parameter; the neutral values that
+/// clients send by default pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn openai_parameters_tiergate_does_not_implement_are_refused_by_name_not_ignored() {
+    let app = spawn_app().await;
+    let ask = |extra: Value| {
+        let mut request = json!({"model": "always-small", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2});
+        request.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        request
+    };
+    let tool = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]);
+    let refused = [
+        json!({"tools": tool}),
+        json!({"tool_choice": "required"}),
+        json!({"response_format": {"type": "json_object"}}),
+        json!({"logit_bias": {"42": 10}}),
+        json!({"top_logprobs": 3, "logprobs": true}),
+        json!({"top_p": 0.5}),
+        json!({"stop": ["\n"]}),
+        json!({"seed": 7}),
+        json!({"n": 2}),
+    ];
+
+    for extra in refused {
+        let param = extra.as_object().unwrap().keys().find(|k| *k != "logprobs").unwrap().clone();
+        let response = app.chat(ask(extra.clone())).await;
+
+        assert_eq!(response.status(), 400, "{extra}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unsupported_parameter", "{body}");
+        assert_eq!(body["error"]["param"], param.as_str(), "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().starts_with(&format!("{param}:")), "{body}");
+    }
+    assert_eq!(app.ledger_count().await, 0, "nothing refused is recorded as served");
+
+    let neutral = json!({"tools": [], "tool_choice": "none", "response_format": {"type": "text"}, "top_p": 1.0,
+        "presence_penalty": 0, "frequency_penalty": 0.0, "stop": null, "seed": null, "n": 1, "store": false});
+    assert_eq!(app.chat(ask(neutral)).await.status(), 200, "the values that mean \"not used\" pass");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_json_is_a_400_with_the_error_body() {
     let app = spawn_app().await;
@@ -193,4 +233,32 @@ async fn malformed_json_is_a_400_with_the_error_body() {
     assert!(body["error"]["message"].as_str().unwrap().contains("line 1"), "{body}");
     assert!(!body["error"]["request_id"].as_str().unwrap().is_empty());
     assert_eq!(app.ledger_count().await, 0);
+}
+
+/// What OpenAI clients and chat UIs ask first: the systems this key may call, as models.
+#[tokio::test(flavor = "multi_thread")]
+async fn models_lists_the_systems_the_key_may_call_in_the_openai_format() {
+    let app = spawn_app().await;
+
+    let all: Value = app.get_with(&app.app_token, "/v1/models").await.json().await.unwrap();
+    let scoped_key = app.issue_key(json!({"subject": "one-system-app", "roles": ["app"], "scopes": ["always-small"]})).await;
+    let scoped: Value = app.get_with(&scoped_key, "/v1/models").await.json().await.unwrap();
+    let one = app.get_with(&app.app_token, "/v1/models/support-triage").await;
+    let hidden = app.get_with(&scoped_key, "/v1/models/support-triage").await;
+    let unknown = app.get_with(&app.app_token, "/v1/models/no-such-system").await;
+
+    assert_eq!(all["object"], "list");
+    let ids: Vec<&str> = all["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"support-triage") && ids.contains(&"always-small"), "{ids:?}");
+    assert_eq!(scoped["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect::<Vec<_>>(), ["always-small"]);
+    assert_eq!(one.status(), 200);
+    let model: Value = one.json().await.unwrap();
+    assert_eq!((model["object"].as_str(), model["owned_by"].as_str()), (Some("model"), Some("tiergate")));
+    assert!(model["created"].as_i64().unwrap() > 1_700_000_000, "{model}");
+    assert!(model["tiergate"]["system"].as_str().unwrap().starts_with("support-triage@"), "{model}");
+    let tiers: Vec<&str> = model["tiergate"]["tiers"].as_array().unwrap().iter().map(|t| t["model"].as_str().unwrap()).collect();
+    assert_eq!(tiers, ["smollm2-135m-instruct@1", "gemma3-270m@1"]);
+    assert_eq!(hidden.status(), 404, "a system outside the key's scopes is not shown");
+    assert_eq!(unknown.status(), 404);
+    assert_eq!(unknown.json::<Value>().await.unwrap()["error"]["code"], "unknown_system");
 }

@@ -6,6 +6,7 @@ pub const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 
 mod access;
 mod chat;
+mod clients;
 mod evidence;
 mod gemma;
 mod helpers;

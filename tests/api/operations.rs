@@ -30,6 +30,52 @@ async fn the_served_openapi_document_is_3_1_and_documents_the_chat_endpoint() {
     assert_eq!(served, committed_openapi());
 }
 
+/// openapi-spec-validator from PyPI and what it needs, pinned.
+const OPENAPI_SPEC_VALIDATOR: &[&str] = &[
+    "openapi-spec-validator==0.9.0",
+    "openapi-schema-validator==0.9.0",
+    "jsonschema==4.26.0",
+    "jsonschema-path==0.5.0",
+    "jsonschema-specifications==2025.9.1",
+    "referencing==0.37.0",
+    "rpds-py==2026.9.1",
+    "attrs==26.1.0",
+    "lazy-object-proxy==1.13.0",
+    "pathable==0.6.0",
+    "PyYAML==6.0.4",
+    "rfc3339-validator==0.1.4",
+    "six==1.17.0",
+    "pydantic==2.14.4",
+    "pydantic-core==2.50.5",
+    "pydantic-settings==2.16.3",
+    "python-dotenv==1.2.4",
+    "annotated-types==0.8.0",
+    "typing-inspection==0.4.5",
+    "typing-extensions==4.16.0",
+];
+
+/// What client generators and schemathesis need first: a document that is valid OpenAPI 3.1,
+/// checked by the reference validator rather than by our own reading of the standard.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_served_openapi_document_passes_openapi_spec_validator() {
+    let app = spawn_app().await;
+    let served = app.get("/openapi.json").await.text().await.unwrap();
+    let file = app.settings.data_dir.join("served-openapi.json");
+    std::fs::write(&file, served).unwrap();
+    let tools = tokio::task::spawn_blocking(|| crate::clients::python_tools("openapi-spec-validator", OPENAPI_SPEC_VALIDATOR)).await.unwrap();
+
+    let output = std::process::Command::new(&app.settings.python)
+        .args(["-m", "openapi_spec_validator", "--schema", "3.1", "--errors", "all"])
+        .arg(&file)
+        .env("PYTHONPATH", tools)
+        .output()
+        .unwrap();
+
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("OK"), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_docs_page_is_served_without_internet() {
     let app = spawn_app().await;
