@@ -102,7 +102,10 @@ async fn main() -> anyhow::Result<()> {
     let writers = arg("--writers", 64);
     let single = run(None, entries / 8, 1, 1).await?;
     let concurrent = run(None, entries, writers, 1).await?;
-    println!("{{\"entries\": {entries}, \"writers\": {writers}, \"single_writer_per_s\": {single:.0}, \"concurrent_per_s\": {concurrent:.0}, \"ratio\": {:.1}}}", concurrent / single);
+    println!(
+        "{{\"entries\": {entries}, \"writers\": {writers}, \"single_writer_per_s\": {single:.0}, \"concurrent_per_s\": {concurrent:.0}, \"ratio\": {:.1}}}",
+        concurrent / single
+    );
     if let Some(admin_url) = arg_text("--postgres") {
         for replicas in [1, 2] {
             let (name, url) = create_database(&admin_url).await?;

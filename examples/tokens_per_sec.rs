@@ -126,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         round_rates.push(tokens as f64 / seconds);
-        println!("{{\"round\": {round}, \"completion_tokens\": {tokens}, \"seconds\": {seconds:.3}, \"completion_tok_per_s\": {:.1}}}", tokens as f64 / seconds);
+        println!(
+            "{{\"round\": {round}, \"completion_tokens\": {tokens}, \"seconds\": {seconds:.3}, \"completion_tok_per_s\": {:.1}}}",
+            tokens as f64 / seconds
+        );
     }
     round_rates.sort_by(f64::total_cmp);
     println!(

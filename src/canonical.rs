@@ -71,10 +71,7 @@ mod tests {
 
         let bytes = to_canonical_bytes(&value);
 
-        assert_eq!(
-            String::from_utf8(bytes).unwrap(),
-            r#"{"a":"x\"y","b":[1,{"a":null,"z":true}],"c":1.5}"#
-        );
+        assert_eq!(String::from_utf8(bytes).unwrap(), r#"{"a":"x\"y","b":[1,{"a":null,"z":true}],"c":1.5}"#);
     }
 
     #[test]
@@ -82,18 +79,12 @@ mod tests {
         let one: Value = serde_json::from_str(r#"{"x": 1, "y": {"p": 2, "q": 3}}"#).unwrap();
         let two: Value = serde_json::from_str(r#"{"y": {"q": 3, "p": 2}, "x": 1}"#).unwrap();
 
-        assert_eq!(
-            sha256_digest(&to_canonical_bytes(&one)),
-            sha256_digest(&to_canonical_bytes(&two))
-        );
+        assert_eq!(sha256_digest(&to_canonical_bytes(&one)), sha256_digest(&to_canonical_bytes(&two)));
     }
 
     #[test]
     fn digest_is_sha256_of_the_bytes() {
         // sha256("abc") from FIPS 180-2, appendix B.1.
-        assert_eq!(
-            sha256_digest(b"abc"),
-            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(sha256_digest(b"abc"), "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 }

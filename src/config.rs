@@ -155,8 +155,7 @@ impl Settings {
     }
 
     pub fn from_file(path: &Path) -> anyhow::Result<Settings> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("reading config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config file {}", path.display()))?;
         yaml_serde::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))
     }
 
@@ -179,11 +178,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("tiergate.yaml");
         std::fs::write(&file, "bind: 0.0.0.0:9000\ndata_dir: /srv/tiergate\n").unwrap();
-        let args = SettingsArgs {
-            config: Some(file),
-            data_dir: Some(PathBuf::from("/override")),
-            ..Default::default()
-        };
+        let args = SettingsArgs { config: Some(file), data_dir: Some(PathBuf::from("/override")), ..Default::default() };
 
         let settings = Settings::load(&args).unwrap();
 

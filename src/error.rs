@@ -163,13 +163,10 @@ pub struct TextLocation {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::MalformedJson(_)
-            | ApiError::Syntax { .. }
-            | ApiError::ContextLengthExceeded { .. }
-            | ApiError::UnsupportedParameter { .. } => StatusCode::BAD_REQUEST,
-            ApiError::InvalidRequest(_) | ApiError::SchemaViolations { .. } | ApiError::PolicyCompile(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
+            ApiError::MalformedJson(_) | ApiError::Syntax { .. } | ApiError::ContextLengthExceeded { .. } | ApiError::UnsupportedParameter { .. } => {
+                StatusCode::BAD_REQUEST
             }
+            ApiError::InvalidRequest(_) | ApiError::SchemaViolations { .. } | ApiError::PolicyCompile(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::FourEyes(_) | ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,

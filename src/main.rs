@@ -2,8 +2,8 @@
 
 use std::{io::Write, path::PathBuf, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
 use anyhow::Context;
+use clap::{Parser, Subcommand};
 use tiergate::{
     config::{Settings, SettingsArgs},
     evidence,
@@ -148,9 +148,7 @@ async fn main() -> ExitCode {
         Command::Openapi => print_openapi(),
         Command::Cards { command: CardsCommand::Validate { files } } => validate_cards(&files),
         Command::Policy { command: PolicyCommand::Test { dir } } => test_policy(&dir),
-        Command::Ledger { command: LedgerCommand::Verify { export, key, previous } } => {
-            verify_ledger(&export, &key, previous.as_deref())
-        }
+        Command::Ledger { command: LedgerCommand::Verify { export, key, previous } } => verify_ledger(&export, &key, previous.as_deref()),
         Command::Ledger { command: LedgerCommand::PublicKey { data_dir } } => print_public_key(&data_dir),
         Command::Ledger { command: LedgerCommand::RotateKey { data_dir } } => rotate_key(&data_dir),
         Command::Compare { run, concurrency } => compare(&run, concurrency).await,
@@ -250,7 +248,15 @@ async fn calibrate(args: &EvidenceArgs, target_accuracy: f64, author: &str) -> a
     let registry = tiergate::registry::Registry::new(store);
     let document = serde_json::to_value(&report)?;
     let stored = registry
-        .store_document(ArtifactKind::CalibrationReport, system, &serde_json::to_string_pretty(&document)?, &document, author, "draft", &tiergate::api::now())
+        .store_document(
+            ArtifactKind::CalibrationReport,
+            system,
+            &serde_json::to_string_pretty(&document)?,
+            &document,
+            author,
+            "draft",
+            &tiergate::api::now(),
+        )
         .await?;
     let citation = serde_json::json!({"report": stored.reference.to_string(), "digest": stored.digest});
     if let Some(data) = report.policy_data.as_mut() {
@@ -334,13 +340,10 @@ fn verify_ledger(export: &std::path::Path, key: &str, previous: Option<&std::pat
         Err(_) => key.trim().to_owned(),
     };
     let text = std::fs::read_to_string(export).map_err(|e| anyhow::anyhow!("{}: {e}", export.display()))?;
-    let previous = previous
-        .map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display())))
-        .transpose()?;
+    let previous = previous.map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))).transpose()?;
     // An audit bundle is one JSON document; an export is JSON Lines.
-    let bundle = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .filter(|doc| doc.get("format").and_then(|f| f.as_str()) == Some(BUNDLE_FORMAT));
+    let bundle =
+        serde_json::from_str::<serde_json::Value>(&text).ok().filter(|doc| doc.get("format").and_then(|f| f.as_str()) == Some(BUNDLE_FORMAT));
     let outcome = match bundle {
         Some(bundle) => verify_bundle(&bundle, &key, previous.as_deref())
             .map(|v| format!("verified bundle: {} entries, root {}, every cited artifact present and intact", v.tree_size, v.root_hash))

@@ -2,7 +2,8 @@
 //! overhead, tokens and cost per tier, policy evaluation time, ledger commits, queues, errors.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder, core::{AtomicF64, GenericCounterVec},
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::{AtomicF64, GenericCounterVec},
 };
 
 type FloatCounterVec = GenericCounterVec<AtomicF64>;
@@ -43,7 +44,8 @@ impl Metrics {
             registry.register(Box::new(metric.clone()))?;
             Ok(metric)
         };
-        let cost = FloatCounterVec::new(Opts::new("cost_total", "Cost of attempts from the model cards' prices and real tokens"), &["system", "tier"])?;
+        let cost =
+            FloatCounterVec::new(Opts::new("cost_total", "Cost of attempts from the model cards' prices and real tokens"), &["system", "tier"])?;
         registry.register(Box::new(cost.clone()))?;
         let queued = IntGaugeVec::new(Opts::new("tier_queued_requests", "Requests waiting for a tier"), &["system", "tier"])?;
         registry.register(Box::new(queued.clone()))?;
@@ -63,7 +65,12 @@ impl Metrics {
             cost,
             policy_seconds: histogram("policy_evaluation_seconds", "Time of one gate evaluation", &["gate"], SECONDS)?,
             ledger_commit_seconds: histogram("ledger_commit_seconds", "Time of one ledger group commit", &[], SECONDS)?,
-            ledger_batch_entries: histogram("ledger_batch_entries", "Entries per ledger group commit", &[], &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0])?,
+            ledger_batch_entries: histogram(
+                "ledger_batch_entries",
+                "Entries per ledger group commit",
+                &[],
+                &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
+            )?,
             queued,
             errors: counter("errors_total", "Error responses by code", &["code"])?,
             feedback: counter(

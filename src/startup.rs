@@ -1,6 +1,10 @@
 //! Builds the application: database, migrations, shipped artifacts, models, policies, HTTP server.
 
-use std::{net::{SocketAddr, TcpListener}, sync::Arc, time::Duration};
+use std::{
+    net::{SocketAddr, TcpListener},
+    sync::Arc,
+    time::Duration,
+};
 
 use actix_web::{App, HttpServer, dev::Server, middleware::from_fn, web};
 use anyhow::Context;
@@ -125,7 +129,6 @@ impl Application {
         self.server.await
     }
 }
-
 
 /// Makes sure an admin can get in: installs the supplied bootstrap key, or, when the database
 /// has no key at all, creates one and returns it (to be printed once, never logged).

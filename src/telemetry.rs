@@ -27,8 +27,7 @@ static TRACER_PROVIDER: std::sync::OnceLock<opentelemetry_sdk::trace::SdkTracerP
 /// nothing is exported. The other `OTEL_*` variables (service name, batch delay, headers) apply.
 pub fn init() {
     use tracing_subscriber::{layer::SubscriberExt, util::SubscriberInitExt};
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,mistralrs_core=warn,sqlx=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,mistralrs_core=warn,sqlx=warn"));
     // Logs go to stderr: stdout carries only what scripts read (the bound address).
     let logs = fmt::layer().with_target(false).with_writer(std::io::stderr);
     let otlp = match otlp_tracer() {
@@ -52,10 +51,7 @@ fn otlp_tracer() -> anyhow::Result<Option<opentelemetry_sdk::trace::SdkTracer>> 
     // The builder reads the endpoint and the other OTEL_* settings from the environment.
     let exporter = opentelemetry_otlp::SpanExporter::builder().with_http().build()?;
     let resource = opentelemetry_sdk::Resource::builder().with_service_name("tiergate").build();
-    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource)
-        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
     let tracer = provider.tracer("tiergate");
     let _ = TRACER_PROVIDER.set(provider);
     Ok(Some(tracer))
@@ -85,10 +81,7 @@ fn choose_request_id(supplied: Option<&HeaderValue>) -> String {
 }
 
 /// Middleware: assigns the request id, opens the request span, logs the outcome and echoes the id.
-pub async fn request_id_middleware(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
+pub async fn request_id_middleware(req: ServiceRequest, next: Next<impl MessageBody>) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let request_id = choose_request_id(req.headers().get(REQUEST_ID_HEADER));
     let span = tracing::info_span!(
         "request",
@@ -98,16 +91,8 @@ pub async fn request_id_middleware(
     );
     let started = std::time::Instant::now();
     let id_for_scope = request_id.clone();
-    let mut response = REQUEST_ID
-        .scope(id_for_scope, next.call(req).instrument(span.clone()))
-        .await?;
-    span.in_scope(|| {
-        tracing::info!(
-            status = response.status().as_u16(),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "request finished"
-        )
-    });
+    let mut response = REQUEST_ID.scope(id_for_scope, next.call(req).instrument(span.clone())).await?;
+    span.in_scope(|| tracing::info!(status = response.status().as_u16(), elapsed_ms = started.elapsed().as_secs_f64() * 1000.0, "request finished"));
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), value);
     }

@@ -44,9 +44,7 @@ impl Modify for SecurityAddon {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("tg_<key id>.<secret>")
-                    .description(Some(
-                        "An API key. The scopes listed on each operation are the roles that may call it (any one suffices).",
-                    ))
+                    .description(Some("An API key. The scopes listed on each operation are the roles that may call it (any one suffices)."))
                     .build(),
             ),
         );
@@ -132,10 +130,7 @@ pub async fn authorize(req: ServiceRequest, next: Next<impl MessageBody>) -> Res
 }
 
 fn caller_of(req: &HttpRequest) -> Result<Caller, ApiError> {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| ApiError::Unauthenticated("this operation needs an API key".into()))
+    req.extensions().get::<Caller>().cloned().ok_or_else(|| ApiError::Unauthenticated("this operation needs an API key".into()))
 }
 
 impl FromRequest for Caller {

@@ -457,9 +457,7 @@ fn into_domain(request: ChatCompletionRequest, caller: &Caller) -> Result<ChatRe
                     match (part.kind.as_str(), part.text) {
                         ("text", Some(t)) => text.push_str(&t),
                         (kind, _) => {
-                            return Err(ApiError::InvalidRequest(format!(
-                                "messages[{i}].content[{j}]: only text parts are supported, got {kind:?}"
-                            )));
+                            return Err(ApiError::InvalidRequest(format!("messages[{i}].content[{j}]: only text parts are supported, got {kind:?}")));
                         }
                     }
                 }

@@ -28,9 +28,8 @@ fn complete_value(document: &mut Value) {
             }
             let secured = operation.get("security").and_then(Value::as_array).is_some_and(|s| !s.is_empty());
             let json_body = operation.pointer("/requestBody/content/application~1json").is_some();
-            let parameters_in = |place: &str| {
-                operation.get("parameters").and_then(Value::as_array).is_some_and(|ps| ps.iter().any(|p| p["in"] == place))
-            };
+            let parameters_in =
+                |place: &str| operation.get("parameters").and_then(Value::as_array).is_some_and(|ps| ps.iter().any(|p| p["in"] == place));
             let (path_parameters, query_parameters) = (parameters_in("path"), parameters_in("query"));
             let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut) else { continue };
             if secured {

@@ -61,13 +61,6 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         })
         .collect();
     let ready = database == "ok" && !systems.is_empty();
-    let body = Health {
-        status: if ready { "ready" } else { "not_ready" }.into(),
-        checks: Some(Checks { database, systems, ledger_entries, tiers }),
-    };
-    if ready {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+    let body = Health { status: if ready { "ready" } else { "not_ready" }.into(), checks: Some(Checks { database, systems, ledger_entries, tiers }) };
+    if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }

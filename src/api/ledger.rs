@@ -31,9 +31,7 @@ pub async fn get_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, 
 #[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, description = "Verifier key", content_type = "text/plain", body = String)))]
 #[get("/v1/ledger/public-key")]
 pub async fn get_public_key(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .body(format!("{}\n", state.router.ledger().verifier_key()))
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(format!("{}\n", state.router.ledger().verifier_key()))
 }
 
 /// Get one ledger entry with its inclusion proof against a freshly signed checkpoint.
@@ -45,12 +43,7 @@ pub async fn get_public_key(state: web::Data<AppState>) -> HttpResponse {
 #[get("/v1/ledger/entries/{index}")]
 pub async fn get_entry(state: web::Data<AppState>, index: web::Path<u64>) -> Result<HttpResponse, ApiError> {
     let index = index.into_inner();
-    let proven = state
-        .router
-        .ledger()
-        .prove(index)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("index: the ledger has no entry {index}")))?;
+    let proven = state.router.ledger().prove(index).await?.ok_or_else(|| ApiError::NotFound(format!("index: the ledger has no entry {index}")))?;
     Ok(HttpResponse::Ok().json(proven))
 }
 
@@ -88,12 +81,7 @@ pub struct VerificationBody {
 #[get("/v1/ledger/verify")]
 pub async fn verify(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let body = match state.router.ledger().verify().await? {
-        Ok(verified) => VerificationBody {
-            verified: true,
-            tree_size: Some(verified.tree_size),
-            root_hash: Some(verified.root_hash),
-            problem: None,
-        },
+        Ok(verified) => VerificationBody { verified: true, tree_size: Some(verified.tree_size), root_hash: Some(verified.root_hash), problem: None },
         Err(problem) => VerificationBody { verified: false, tree_size: None, root_hash: None, problem: Some(problem.to_string()) },
     };
     Ok(HttpResponse::Ok().json(body))

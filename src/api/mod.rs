@@ -13,8 +13,8 @@ pub mod reviews;
 
 use std::sync::Arc;
 
-use actix_web::{HttpRequest, HttpResponse, web};
 use access::SecurityAddon;
+use actix_web::{HttpRequest, HttpResponse, web};
 use utoipa::OpenApi;
 use utoipa_actix_web::{AppExt, service_config::ServiceConfig};
 
@@ -114,11 +114,7 @@ pub fn routes(config: &mut ServiceConfig) {
 
 /// The OpenAPI 3.1 document, generated from the code (also served at `/openapi.json`).
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    let (_, document) = actix_web::App::new()
-        .into_utoipa_app()
-        .openapi(ApiDoc::openapi())
-        .configure(routes)
-        .split_for_parts();
+    let (_, document) = actix_web::App::new().into_utoipa_app().openapi(ApiDoc::openapi()).configure(routes).split_for_parts();
     document::complete(document)
 }
 

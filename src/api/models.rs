@@ -51,9 +51,7 @@ pub struct TierFacts {
 
 async fn describe(state: &AppState, system: &SystemRoute) -> Result<Model, ApiError> {
     let stored = state.store.artifact_version("system_card", &system.reference.id, system.reference.version).await?;
-    let created = stored
-        .and_then(|v| chrono::DateTime::parse_from_rfc3339(&v.created_at).ok())
-        .map_or(0, |t| t.timestamp());
+    let created = stored.and_then(|v| chrono::DateTime::parse_from_rfc3339(&v.created_at).ok()).map_or(0, |t| t.timestamp());
     Ok(Model {
         id: system.reference.id.clone(),
         object: "model",

@@ -11,8 +11,7 @@ use crate::{
     error::{ApiError, ErrorBody},
     policy::{Gate, GateDecision, ReplayReport, TestReport, TierPrices, replay, shadow_report},
     registry::{
-        Actor, ArtifactKind, ArtifactRef, CardKind, Change, GovernanceRecord, LifecycleError, ModelCard, SystemCard, cyclonedx,
-        diff, markdown,
+        Actor, ArtifactKind, ArtifactRef, CardKind, Change, GovernanceRecord, LifecycleError, ModelCard, SystemCard, cyclonedx, diff, markdown,
     },
     store::{AliasHistoryRow, LedgerFilter, StoredArtifactVersion},
 };
@@ -94,8 +93,9 @@ impl From<StoredArtifactVersion> for VersionSummary {
 }
 
 fn detail(version: StoredArtifactVersion) -> Result<VersionDetail, ApiError> {
-    let document: Value = serde_json::from_str(&version.canonical)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("stored canonical form of {} {}@{} is not JSON: {e}", version.kind, version.id, version.version)))?;
+    let document: Value = serde_json::from_str(&version.canonical).map_err(|e| {
+        ApiError::Internal(anyhow::anyhow!("stored canonical form of {} {}@{} is not JSON: {e}", version.kind, version.id, version.version))
+    })?;
     let original = version.original.clone();
     let canonical = version.canonical.clone();
     Ok(VersionDetail { summary: version.into(), original, canonical, document })
@@ -160,9 +160,7 @@ pub async fn submit_card(
             (submission, Some(report))
         }
         CardCollection::CalibrationReports => {
-            return Err(ApiError::InvalidRequest(
-                "calibration reports are measured, not written: `tiergate calibrate` stores them".into(),
-            ));
+            return Err(ApiError::InvalidRequest("calibration reports are measured, not written: `tiergate calibrate` stores them".into()));
         }
     };
     let reference = &submission.stored.reference;
@@ -260,11 +258,7 @@ pub async fn list_versions(state: web::Data<AppState>, path: web::Path<(CardColl
 
 async fn find(state: &AppState, collection: CardCollection, id: &str, version: i64) -> Result<StoredArtifactVersion, ApiError> {
     let kind = collection.kind().as_str();
-    state
-        .store
-        .artifact_version(kind, id, version)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{kind} {id}@{version} does not exist")))
+    state.store.artifact_version(kind, id, version).await?.ok_or_else(|| ApiError::NotFound(format!("{kind} {id}@{version} does not exist")))
 }
 
 /// Get one version: original text, canonical JSON, digest, status, author and timestamps.
@@ -449,9 +443,11 @@ async fn make_active(
     let route = match kind {
         ArtifactKind::SystemCard => {
             let version = state.registry.require(kind, reference).await?;
-            let route = state.loader.load(&version).await.map_err(|error| {
-                ApiError::from(LifecycleError::Unprocessable(format!("system card {reference} cannot be served: {error:#}")))
-            })?;
+            let route = state
+                .loader
+                .load(&version)
+                .await
+                .map_err(|error| ApiError::from(LifecycleError::Unprocessable(format!("system card {reference} cannot be served: {error:#}"))))?;
             Some(route)
         }
         _ => None,
@@ -587,10 +583,8 @@ pub async fn dry_run(state: web::Data<AppState>, path: web::Path<(String, i64)>,
         GateName::Route => Gate::Route,
         GateName::Accept => Gate::Accept,
     };
-    let tier_count = request
-        .tier_count
-        .or_else(|| request.input.pointer("/system/tier_count").and_then(Value::as_u64).map(|n| n as usize))
-        .unwrap_or(2);
+    let tier_count =
+        request.tier_count.or_else(|| request.input.pointer("/system/tier_count").and_then(Value::as_u64).map(|n| n as usize)).unwrap_or(2);
     Ok(HttpResponse::Ok().json(policy.evaluate(gate, &request.input, tier_count)))
 }
 
@@ -636,7 +630,8 @@ async fn inference_entries(state: &AppState, mut filter: LedgerFilter, max: usiz
 async fn tier_prices(state: &AppState, entries: &[Value]) -> Result<TierPrices, ApiError> {
     let mut prices = TierPrices::new();
     for entry in entries {
-        let Some(reference) = entry.get("system").and_then(|s| Some(ArtifactRef { id: s.get("id")?.as_str()?.to_owned(), version: s.get("version")?.as_i64()? }))
+        let Some(reference) =
+            entry.get("system").and_then(|s| Some(ArtifactRef { id: s.get("id")?.as_str()?.to_owned(), version: s.get("version")?.as_i64()? }))
         else {
             continue;
         };
@@ -720,11 +715,8 @@ pub async fn attach_shadow(state: web::Data<AppState>, id: web::Path<String>, ac
     let request: ShadowRequest = parse_json_body(&body)?;
     let policy = ArtifactRef::parse(&request.policy).map_err(|e| ApiError::InvalidRequest(format!("policy: {e}")))?;
     find(&state, CardCollection::Policies, &policy.id, policy.version).await?;
-    let compiled = state
-        .loader
-        .policy(&policy)
-        .await
-        .map_err(|e| ApiError::InvalidRequest(format!("policy: {policy} cannot be evaluated: {e:#}")))?;
+    let compiled =
+        state.loader.policy(&policy).await.map_err(|e| ApiError::InvalidRequest(format!("policy: {policy} cannot be evaluated: {e:#}")))?;
     let record = state.registry.attach_shadow(state.router.ledger(), &system_id, &policy, &actor, &super::now()).await?;
     state.router.set_shadow(&system_id, Some(compiled));
     Ok(HttpResponse::Ok().json(record))

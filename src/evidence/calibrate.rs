@@ -122,8 +122,7 @@ fn accuracy_of(observations: &[Observation]) -> f64 {
 /// AUROC of the mean token log-probability as a predictor of a correct answer (the
 /// Mann-Whitney statistic, ties counting half), over the answers that have both.
 pub fn auroc(observations: &[Observation]) -> Option<f64> {
-    let scored: Vec<(f64, bool)> =
-        observations.iter().filter_map(|o| Some((o.first_mean_logprob.filter(|s| s.is_finite())?, o.correct?))).collect();
+    let scored: Vec<(f64, bool)> = observations.iter().filter_map(|o| Some((o.first_mean_logprob.filter(|s| s.is_finite())?, o.correct?))).collect();
     let right: Vec<f64> = scored.iter().filter(|(_, c)| *c).map(|(s, _)| *s).collect();
     let wrong: Vec<f64> = scored.iter().filter(|(_, c)| !*c).map(|(s, _)| *s).collect();
     if right.is_empty() || wrong.is_empty() {
@@ -131,7 +130,17 @@ pub fn auroc(observations: &[Observation]) -> Option<f64> {
     }
     let wins: f64 = right
         .iter()
-        .flat_map(|r| wrong.iter().map(move |w| if r > w { 1.0 } else if r == w { 0.5 } else { 0.0 }))
+        .flat_map(|r| {
+            wrong.iter().map(move |w| {
+                if r > w {
+                    1.0
+                } else if r == w {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
+        })
         .sum();
     Some(wins / (right.len() * wrong.len()) as f64)
 }

@@ -10,10 +10,7 @@ const HEIGHT: f64 = 420.0;
 const COLORS: [&str; 2] = ["#2b6cb0", "#c05621"];
 
 pub fn compare_chart(report: &CompareReport) -> String {
-    let modes: [(&str, &[Observation]); 2] = [
-        ("small-first", &report.observations.small_first),
-        ("large-first", &report.observations.large_first),
-    ];
+    let modes: [(&str, &[Observation]); 2] = [("small-first", &report.observations.small_first), ("large-first", &report.observations.large_first)];
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -46,11 +43,23 @@ fn latency_panel(svg: &mut String, modes: &[(&str, &[Observation])], left: f64, 
         latencies.sort_by(f64::total_cmp);
         let center = left + slot * (i as f64 + 0.5);
         let color = COLORS[i % COLORS.len()];
-        let (p5, p25, p50, p75, p95) =
-            (percentile(&latencies, 5.0), percentile(&latencies, 25.0), percentile(&latencies, 50.0), percentile(&latencies, 75.0), percentile(&latencies, 95.0));
+        let (p5, p25, p50, p75, p95) = (
+            percentile(&latencies, 5.0),
+            percentile(&latencies, 25.0),
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 75.0),
+            percentile(&latencies, 95.0),
+        );
         let _ = write!(svg, r#"<line x1="{center}" x2="{center}" y1="{}" y2="{}" stroke="{color}"/>"#, y(p5), y(p95));
-        let _ = write!(svg, r#"<rect x="{}" y="{}" width="60" height="{}" fill="{color}" fill-opacity="0.25" stroke="{color}"/>"#, center - 30.0, y(p75), (y(p25) - y(p75)).max(1.0));
-        let _ = write!(svg, r#"<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="{color}" stroke-width="3"/>"#, center - 30.0, center + 30.0, y(p50), y(p50));
+        let _ = write!(
+            svg,
+            r#"<rect x="{}" y="{}" width="60" height="{}" fill="{color}" fill-opacity="0.25" stroke="{color}"/>"#,
+            center - 30.0,
+            y(p75),
+            (y(p25) - y(p75)).max(1.0)
+        );
+        let _ =
+            write!(svg, r#"<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="{color}" stroke-width="3"/>"#, center - 30.0, center + 30.0, y(p50), y(p50));
         // Every request as a dot, spread sideways by its position so that they do not overlap.
         for (n, o) in observations.iter().enumerate() {
             let dx = ((n * 37) % 41) as f64 - 20.0;

@@ -119,14 +119,7 @@ pub fn summarize(mode: &str, system: &str, observations: &[Observation], seconds
         throughput_rps: observations.len() as f64 / seconds.max(1e-9),
         cost_per_request: mean(observations.iter().map(|o| o.cost)).unwrap_or(0.0),
         model_ms_per_request: mean(observations.iter().map(|o| o.model_ms)).unwrap_or(0.0),
-        accuracy: Accuracy {
-            overall,
-            scored,
-            served_small,
-            served_small_scored,
-            escalated: escalated_accuracy,
-            escalated_scored,
-        },
+        accuracy: Accuracy { overall, scored, served_small, served_small_scored, escalated: escalated_accuracy, escalated_scored },
     }
 }
 
@@ -140,16 +133,28 @@ pub fn markdown(report: &CompareReport) -> String {
     let rows: Vec<(&str, String, String)> = vec![
         ("system card", format!("`{}`", s.system), format!("`{}`", l.system)),
         ("requests", s.requests.to_string(), l.requests.to_string()),
-        ("served / held for review / refused", format!("{} / {} / {}", s.served, s.held_for_review, s.refused), format!("{} / {} / {}", l.served, l.held_for_review, l.refused)),
+        (
+            "served / held for review / refused",
+            format!("{} / {} / {}", s.served, s.held_for_review, s.refused),
+            format!("{} / {} / {}", l.served, l.held_for_review, l.refused),
+        ),
         ("escalation rate", format!("{:.1}%", s.escalation_rate * 100.0), format!("{:.1}%", l.escalation_rate * 100.0)),
         ("containment rate (served by the first tier)", format!("{:.1}%", s.containment_rate * 100.0), format!("{:.1}%", l.containment_rate * 100.0)),
         ("latency mean (ms)", format!("{:.0}", s.latency_ms.mean), format!("{:.0}", l.latency_ms.mean)),
-        ("latency p50 / p95 / p99 (ms)", format!("{:.0} / {:.0} / {:.0}", s.latency_ms.p50, s.latency_ms.p95, s.latency_ms.p99), format!("{:.0} / {:.0} / {:.0}", l.latency_ms.p50, l.latency_ms.p95, l.latency_ms.p99)),
+        (
+            "latency p50 / p95 / p99 (ms)",
+            format!("{:.0} / {:.0} / {:.0}", s.latency_ms.p50, s.latency_ms.p95, s.latency_ms.p99),
+            format!("{:.0} / {:.0} / {:.0}", l.latency_ms.p50, l.latency_ms.p95, l.latency_ms.p99),
+        ),
         ("throughput (requests/s)", format!("{:.2}", s.throughput_rps), format!("{:.2}", l.throughput_rps)),
         ("cost per request (model card prices)", format!("{:.6}", s.cost_per_request), format!("{:.6}", l.cost_per_request)),
         ("model time per request (ms)", format!("{:.0}", s.model_ms_per_request), format!("{:.0}", l.model_ms_per_request)),
         ("accuracy, served answers", share(s.accuracy.overall, s.accuracy.scored), share(l.accuracy.overall, l.accuracy.scored)),
-        ("accuracy, served by the first tier", share(s.accuracy.served_small, s.accuracy.served_small_scored), share(l.accuracy.served_small, l.accuracy.served_small_scored)),
+        (
+            "accuracy, served by the first tier",
+            share(s.accuracy.served_small, s.accuracy.served_small_scored),
+            share(l.accuracy.served_small, l.accuracy.served_small_scored),
+        ),
         ("accuracy, escalated", share(s.accuracy.escalated, s.accuracy.escalated_scored), share(l.accuracy.escalated, l.accuracy.escalated_scored)),
     ];
     let mut out = format!(

@@ -112,11 +112,7 @@ impl ScratchGateway {
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let meta = &body["tiergate"];
         let answer = body.pointer("/choices/0/message/content").and_then(Value::as_str).map(str::to_owned);
-        let outcome = meta["outcome"]
-            .as_str()
-            .or_else(|| body.pointer("/error/code").and_then(Value::as_str))
-            .unwrap_or("unknown")
-            .to_owned();
+        let outcome = meta["outcome"].as_str().or_else(|| body.pointer("/error/code").and_then(Value::as_str)).unwrap_or("unknown").to_owned();
         // Only a served answer counts: a held one has not been released to the user as final.
         let served = status == 200 && outcome == "served";
         Ok(Observation {
@@ -136,14 +132,8 @@ impl ScratchGateway {
 
     /// `id@version sha256:<digest>` of the active version of system card `id`.
     pub async fn system_digest(&self, id: &str) -> anyhow::Result<String> {
-        let versions: Value = self
-            .client
-            .get(format!("{}/v1/registry/system-cards/{id}/versions", self.address))
-            .bearer_auth(&self.token)
-            .send()
-            .await?
-            .json()
-            .await?;
+        let versions: Value =
+            self.client.get(format!("{}/v1/registry/system-cards/{id}/versions", self.address)).bearer_auth(&self.token).send().await?.json().await?;
         let active_version = versions["active_version"].as_i64().with_context(|| format!("system card {id} has no active version"))?;
         let list = versions["versions"].as_array().context("no version list")?;
         let active = list.iter().find(|v| v["version"] == active_version).context("the active version is not listed")?;
@@ -190,7 +180,11 @@ pub fn single_tier_variant(card: &Value, keep: usize, suffix: &str, accept_all: 
     let tiers = card["tiers"].as_array().context("card has no tiers")?;
     let tier = tiers.get(keep).with_context(|| format!("card {id} has no tier {keep}"))?.clone();
     variant["id"] = json!(format!("{id}-{suffix}"));
-    variant["purpose"] = json!(format!("{} (variant with only tier {keep} {:?}, made by tiergate for an evidence run)", card["purpose"].as_str().unwrap_or(id), tier["name"].as_str().unwrap_or_default()));
+    variant["purpose"] = json!(format!(
+        "{} (variant with only tier {keep} {:?}, made by tiergate for an evidence run)",
+        card["purpose"].as_str().unwrap_or(id),
+        tier["name"].as_str().unwrap_or_default()
+    ));
     variant["tiers"] = json!([tier]);
     if accept_all {
         variant["escalation"] = json!({"min_mean_logprob": -1.0e9});

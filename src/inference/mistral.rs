@@ -12,19 +12,14 @@ const PROMPT_TOO_LONG: &str = "Prompt sequence length is greater than ";
 
 /// The limit named in mistral.rs's refusal of a prompt longer than the context.
 fn prompt_too_long(message: &str) -> PromptTooLong {
-    let limit_tokens = message[PROMPT_TOO_LONG.len().min(message.len())..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok());
+    let limit_tokens = message[PROMPT_TOO_LONG.len().min(message.len())..].split(|c: char| !c.is_ascii_digit()).next().and_then(|n| n.parse().ok());
     PromptTooLong { limit_tokens }
 }
 
 /// A chat or completion answer with its tokens' texts and logprobs.
 fn generation(text: String, finish_reason: String, logprobs: Option<mistralrs_core::Logprobs>, usage: &mistralrs_core::Usage) -> Generation {
-    let (token_texts, token_logprobs) = logprobs
-        .and_then(|l| l.content)
-        .map(|tokens| tokens.into_iter().map(|t| (t.token, t.logprob)).unzip())
-        .unwrap_or_default();
+    let (token_texts, token_logprobs) =
+        logprobs.and_then(|l| l.content).map(|tokens| tokens.into_iter().map(|t| (t.token, t.logprob)).unzip()).unwrap_or_default();
     Generation {
         text,
         finish_reason,
@@ -88,15 +83,12 @@ impl MistralRuntime {
     /// `load` with another activation dtype: for the benchmark that justifies the choice.
     pub async fn load_with_activations(weights: &Path, activations: ActivationDtype) -> anyhow::Result<MistralRuntime> {
         use mistralrs_core::{
-            AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig,
-            MistralRsBuilder, ModelDType, SchedulerConfig, TokenSource,
+            AutoDeviceMapParams, DefaultSchedulerMethod, DeviceMapSetting, GGUFLoaderBuilder, GGUFSpecificConfig, MistralRsBuilder, ModelDType,
+            SchedulerConfig, TokenSource,
         };
 
         let dir = weights.parent().context("weights path has no directory")?;
-        let file = weights
-            .file_name()
-            .and_then(|f| f.to_str())
-            .context("weights file name is not UTF-8")?;
+        let file = weights.file_name().and_then(|f| f.to_str()).context("weights file name is not UTF-8")?;
         let loader = GGUFLoaderBuilder::new(
             None,
             None,
@@ -160,22 +152,15 @@ impl MistralRuntime {
         }
         // `set_deterministic_sampler` replaces every sampling parameter (max_len included), so it
         // must come before the token limit, or generation runs to the end of the context.
-        request = if decoding.temperature <= 0.0 {
-            request.set_deterministic_sampler()
-        } else {
-            request.set_sampler_temperature(decoding.temperature)
-        };
+        request =
+            if decoding.temperature <= 0.0 { request.set_deterministic_sampler() } else { request.set_sampler_temperature(decoding.temperature) };
         request = request.return_logprobs(true).set_sampler_max_len(decoding.max_tokens as usize);
-        let response = self
-            .model
-            .send_chat_request(request)
-            .await
-            .map_err(|error| match &error {
-                mistralrs::error::Error::RequestValidation(message) if message.starts_with(PROMPT_TOO_LONG) => {
-                    anyhow::Error::new(prompt_too_long(message))
-                }
-                _ => anyhow::anyhow!("mistral.rs generation failed: {error}"),
-            })?;
+        let response = self.model.send_chat_request(request).await.map_err(|error| match &error {
+            mistralrs::error::Error::RequestValidation(message) if message.starts_with(PROMPT_TOO_LONG) => {
+                anyhow::Error::new(prompt_too_long(message))
+            }
+            _ => anyhow::anyhow!("mistral.rs generation failed: {error}"),
+        })?;
         let choice = response.choices.into_iter().next().context("mistral.rs returned no choice")?;
         Ok(generation(choice.message.content.unwrap_or_default(), choice.finish_reason, choice.logprobs, &response.usage))
     }
@@ -264,8 +249,7 @@ impl MistralRuntime {
     /// A tier with a completion prompt format is asked through it.
     pub async fn yes_probability(&self, turns: &[Turn], format: Option<&LoadedPromptFormat>) -> anyhow::Result<Option<f64>> {
         let first = if let Some(format) = format {
-            let sampling =
-                mistralrs_core::SamplingParams { max_len: Some(1), top_n_logprobs: 10, ..mistralrs_core::SamplingParams::deterministic() };
+            let sampling = mistralrs_core::SamplingParams { max_len: Some(1), top_n_logprobs: 10, ..mistralrs_core::SamplingParams::deterministic() };
             let response = self.send_completion(format.format.render(None, turns), sampling).await.context("mistral.rs self-check failed")?;
             response.choices.into_iter().next().and_then(|c| c.logprobs).and_then(|l| l.content).and_then(|tokens| tokens.into_iter().next())
         } else {
@@ -274,16 +258,11 @@ impl MistralRuntime {
                 request = request.add_message(TextMessageRole::User, &turn.content);
             }
             let request = request.set_deterministic_sampler().return_logprobs(true).set_sampler_topn_logprobs(10).set_sampler_max_len(1);
-            let response = self
-                .model
-                .send_chat_request(request)
-                .await
-                .map_err(|e| anyhow::anyhow!("mistral.rs self-check failed: {e}"))?;
+            let response = self.model.send_chat_request(request).await.map_err(|e| anyhow::anyhow!("mistral.rs self-check failed: {e}"))?;
             response.choices.into_iter().next().and_then(|c| c.logprobs).and_then(|l| l.content).and_then(|tokens| tokens.into_iter().next())
         };
         Ok(first.and_then(|token| {
-            let alternatives: Vec<(String, f64)> =
-                token.top_logprobs.iter().filter_map(|t| Some((t.bytes.clone()?, f64::from(t.logprob)))).collect();
+            let alternatives: Vec<(String, f64)> = token.top_logprobs.iter().filter_map(|t| Some((t.bytes.clone()?, f64::from(t.logprob)))).collect();
             super::yes_probability(Some((&token.token, f64::from(token.logprob))), &alternatives)
         }))
     }

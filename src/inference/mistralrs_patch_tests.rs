@@ -15,13 +15,7 @@ const KV_HEADS: usize = 3;
 const HEAD_DIM: usize = 64;
 
 fn params() -> SdpaParams {
-    SdpaParams {
-        n_kv_groups: HEADS / KV_HEADS,
-        softcap: None,
-        softmax_scale: 1.0 / (HEAD_DIM as f32).sqrt(),
-        sliding_window: None,
-        sinks: None,
-    }
+    SdpaParams { n_kv_groups: HEADS / KV_HEADS, softcap: None, softmax_scale: 1.0 / (HEAD_DIM as f32).sqrt(), sliding_window: None, sinks: None }
 }
 
 /// softmax(q·kᵀ·scale)·v for one sequence, one query token, written out plainly.
@@ -32,10 +26,7 @@ fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f3
     let mut out = Vec::with_capacity(HEADS * HEAD_DIM);
     for head in 0..HEADS {
         let kv_head = head / (HEADS / KV_HEADS);
-        let scores: Vec<f32> = k[kv_head]
-            .iter()
-            .map(|key| key.iter().zip(&q[head][0]).map(|(a, b)| a * b).sum::<f32>() * scale)
-            .collect();
+        let scores: Vec<f32> = k[kv_head].iter().map(|key| key.iter().zip(&q[head][0]).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f32 = weights.iter().sum();

@@ -175,12 +175,7 @@ const LOW_PROB_LOGPROB: f64 = -2.302_585_092_994_046;
 
 impl Signals {
     pub fn from_generation(generation: &Generation) -> Signals {
-        let logprobs: Vec<f64> = generation
-            .token_logprobs
-            .iter()
-            .map(|l| f64::from(*l))
-            .filter(|l| l.is_finite())
-            .collect();
+        let logprobs: Vec<f64> = generation.token_logprobs.iter().map(|l| f64::from(*l)).filter(|l| l.is_finite()).collect();
         let count = logprobs.len();
         // No tokens means no evidence of confidence: report the worst value, not a neutral one.
         let (mean, min, low) = if count == 0 {

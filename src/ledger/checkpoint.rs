@@ -30,10 +30,7 @@ impl CheckpointSigner {
     /// `origin` names the log in every checkpoint and the key.
     pub fn load_or_create(key_file: &Path, origin: &str) -> anyhow::Result<CheckpointSigner> {
         let skey = if key_file.is_file() {
-            std::fs::read_to_string(key_file)
-                .with_context(|| format!("reading ledger signing key {}", key_file.display()))?
-                .trim()
-                .to_owned()
+            std::fs::read_to_string(key_file).with_context(|| format!("reading ledger signing key {}", key_file.display()))?.trim().to_owned()
         } else {
             let skey = new_private_key(origin)?;
             write_private(key_file, &skey)?;
@@ -53,10 +50,7 @@ impl CheckpointSigner {
     /// Every key a checkpoint of this ledger may be signed with: current first, then retired,
     /// one per line (the form `verify_checkpoint` and `tiergate ledger verify --key` accept).
     pub fn verifier_keys(&self) -> String {
-        std::iter::once(self.verifier_key.as_str())
-            .chain(self.retired_keys.iter().map(String::as_str))
-            .collect::<Vec<_>>()
-            .join("\n")
+        std::iter::once(self.verifier_key.as_str()).chain(self.retired_keys.iter().map(String::as_str)).collect::<Vec<_>>().join("\n")
     }
 
     /// Replaces the signing key: the old public key is kept in `<key file>.retired` (so its
@@ -64,11 +58,8 @@ impl CheckpointSigner {
     /// Run it while the gateway is stopped; it signs with the key it loaded at start-up.
     pub fn rotate(key_file: &Path, origin: &str) -> anyhow::Result<CheckpointSigner> {
         let old = CheckpointSigner::load_or_create(key_file, origin)?;
-        let mut retired = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(retired_file(key_file))
-            .context("opening the retired-keys file")?;
+        let mut retired =
+            std::fs::OpenOptions::new().create(true).append(true).open(retired_file(key_file)).context("opening the retired-keys file")?;
         writeln!(retired, "{}", old.verifier_key).context("recording the retired public key")?;
         retired.sync_all().context("syncing the retired-keys file")?;
         std::fs::remove_file(key_file).context("removing the old private key")?;
@@ -77,8 +68,8 @@ impl CheckpointSigner {
 
     /// A signed note whose text is the C2SP checkpoint of a tree of `size` with root `root`.
     pub fn sign(&self, size: u64, root: Hash) -> anyhow::Result<String> {
-        let checkpoint = Checkpoint::new(&self.origin, size, root, "")
-            .map_err(|_| anyhow::anyhow!("checkpoint for origin {:?} is malformed", self.origin))?;
+        let checkpoint =
+            Checkpoint::new(&self.origin, size, root, "").map_err(|_| anyhow::anyhow!("checkpoint for origin {:?} is malformed", self.origin))?;
         let mut note = Note::new(&checkpoint.to_bytes(), &[]).map_err(|e| anyhow::anyhow!("building note: {e}"))?;
         note.add_sigs(&[&self.signer]).map_err(|e| anyhow::anyhow!("signing checkpoint: {e}"))?;
         String::from_utf8(note.to_bytes()).context("signed note is not UTF-8")
@@ -95,8 +86,7 @@ pub fn verify_checkpoint(signed: &str, verifier_keys: &str) -> anyhow::Result<(u
     }
     anyhow::ensure!(!verifiers.is_empty(), "no public key given");
     let note = Note::from_bytes(signed.as_bytes()).map_err(|e| anyhow::anyhow!("checkpoint is not a signed note: {e}"))?;
-    note.verify(&VerifierList::new(verifiers))
-        .map_err(|e| anyhow::anyhow!("checkpoint signature does not verify with this key: {e}"))?;
+    note.verify(&VerifierList::new(verifiers)).map_err(|e| anyhow::anyhow!("checkpoint signature does not verify with this key: {e}"))?;
     let checkpoint = Checkpoint::from_bytes(note.text()).map_err(|_| anyhow::anyhow!("note text is not a C2SP checkpoint"))?;
     Ok((checkpoint.size(), *checkpoint.hash()))
 }
@@ -108,11 +98,7 @@ fn new_private_key(name: &str) -> anyhow::Result<String> {
     let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     let public_encoded = [&[ALG_ED25519][..], &public[..]].concat();
     let private_encoded = [&[ALG_ED25519][..], &seed[..]].concat();
-    Ok(format!(
-        "PRIVATE+KEY+{name}+{:08x}+{}",
-        key_id(name, &public_encoded),
-        BASE64_STANDARD.encode(private_encoded)
-    ))
+    Ok(format!("PRIVATE+KEY+{name}+{:08x}+{}", key_id(name, &public_encoded), BASE64_STANDARD.encode(private_encoded)))
 }
 
 fn verifier_key_of(skey: &str) -> anyhow::Result<String> {
@@ -120,10 +106,7 @@ fn verifier_key_of(skey: &str) -> anyhow::Result<String> {
     let parts: Vec<&str> = skey.splitn(5, '+').collect();
     anyhow::ensure!(parts.len() == 5, "ledger signing key is malformed");
     let private = BASE64_STANDARD.decode(parts[4]).context("ledger signing key is not base64")?;
-    let seed: [u8; 32] = private
-        .get(1..)
-        .and_then(|s| s.try_into().ok())
-        .context("ledger signing key has the wrong length")?;
+    let seed: [u8; 32] = private.get(1..).and_then(|s| s.try_into().ok()).context("ledger signing key has the wrong length")?;
     let public = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key().to_bytes();
     let public_encoded = [&[ALG_ED25519][..], &public[..]].concat();
     Ok(format!("{}+{}+{}", parts[2], parts[3], BASE64_STANDARD.encode(public_encoded)))

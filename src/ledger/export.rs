@@ -45,31 +45,21 @@ pub fn export_entries(export: &str) -> impl Iterator<Item = Value> + '_ {
 /// shape: `{"entry":` ‖ entry ‖ `,"leaf_hash":"` ‖ 64 lower-case hex ‖ `"}`. Only string
 /// operations: whether the entry is JSON is [`checked_entry`]'s question.
 fn split_entry_line(line: &str, index: u64) -> Result<(&str, Hash), ExportError> {
-    let malformed = || ExportError::NotJson {
-        line: index + 2,
-        message: "expected {\"entry\":<canonical entry>,\"leaf_hash\":\"<64 lower-case hex>\"}".into(),
-    };
+    let malformed =
+        || ExportError::NotJson { line: index + 2, message: "expected {\"entry\":<canonical entry>,\"leaf_hash\":\"<64 lower-case hex>\"}".into() };
     let rest = line.strip_prefix(ENTRY_PREFIX).ok_or_else(malformed)?;
     // The last occurrence is the member: the hex value after it cannot contain the key.
     let (entry, leaf) = rest.rsplit_once(LEAF_KEY).ok_or_else(malformed)?;
     let leaf = leaf.strip_suffix("\"}").ok_or_else(malformed)?;
     let is_lower_hex = leaf.len() == 64 && leaf.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    let recorded = hex::decode(leaf)
-        .ok()
-        .filter(|_| is_lower_hex)
-        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
-        .map(Hash)
-        .ok_or_else(malformed)?;
+    let recorded =
+        hex::decode(leaf).ok().filter(|_| is_lower_hex).and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()).map(Hash).ok_or_else(malformed)?;
     Ok((entry, recorded))
 }
 
 /// The entry bytes of one line, in either format.
 fn entry_bytes(line: &str, index: u64, wrapped: bool) -> Result<(&str, Option<Hash>), ExportError> {
-    if wrapped {
-        split_entry_line(line, index).map(|(entry, recorded)| (entry, Some(recorded)))
-    } else {
-        Ok((line, None))
-    }
+    if wrapped { split_entry_line(line, index).map(|(entry, recorded)| (entry, Some(recorded))) } else { Ok((line, None)) }
 }
 
 /// The per-entry checks that name what is wrong with one entry: it is JSON, in canonical form
@@ -81,11 +71,7 @@ fn checked_entry(bytes: &str, index: u64) -> Result<(), ExportError> {
     match entry.get("index").and_then(Value::as_u64) {
         Some(claimed) if claimed == index => {}
         other => {
-            return Err(ExportError::Index {
-                line,
-                claimed: other.map_or_else(|| "none".into(), |c| c.to_string()),
-                expected: index,
-            });
+            return Err(ExportError::Index { line, claimed: other.map_or_else(|| "none".into(), |c| c.to_string()), expected: index });
         }
     }
     if to_canonical_bytes(&entry) != bytes.as_bytes() {
@@ -141,12 +127,8 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
         Some(EXPORT_FORMAT_V1) => false,
         _ => return Err(ExportError::Header(format!("format is not {EXPORT_FORMAT:?}"))),
     };
-    let note = header
-        .get("checkpoint")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ExportError::Header("no checkpoint".into()))?;
-    let (size, signed_root) =
-        verify_checkpoint(note, verifier_key).map_err(|e| ExportError::Checkpoint(format!("{e:#}")))?;
+    let note = header.get("checkpoint").and_then(Value::as_str).ok_or_else(|| ExportError::Header("no checkpoint".into()))?;
+    let (size, signed_root) = verify_checkpoint(note, verifier_key).map_err(|e| ExportError::Checkpoint(format!("{e:#}")))?;
 
     // Hash first: entries whose leaves hash to the signed root are exactly the entries that
     // were signed, so the per-entry checks, which only serve to name what went wrong, run when
@@ -162,18 +144,13 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
         hashes.0.extend(new);
         count += 1;
     }
-    let computed = if count == size {
-        Some(tree_hash(size, &hashes).map_err(|e| ExportError::Header(e.to_string()))?)
-    } else {
-        None
-    };
+    let computed = if count == size { Some(tree_hash(size, &hashes).map_err(|e| ExportError::Header(e.to_string()))?) } else { None };
     let computed = match computed {
         Some(computed) if computed == signed_root => computed,
         computed => return Err(diagnose(export, wrapped, size, signed_root, computed)),
     };
     if let Some(earlier) = earlier {
-        let (earlier_size, earlier_root) =
-            verify_checkpoint(earlier, verifier_key).map_err(|e| ExportError::EarlierCheckpoint(format!("{e:#}")))?;
+        let (earlier_size, earlier_root) = verify_checkpoint(earlier, verifier_key).map_err(|e| ExportError::EarlierCheckpoint(format!("{e:#}")))?;
         if earlier_size > size {
             return Err(ExportError::EarlierCheckpoint(format!(
                 "it covers {earlier_size} entries, more than this export's {size}: entries were removed"
@@ -181,11 +158,7 @@ pub fn verify_export(export: &str, verifier_key: &str, earlier: Option<&str>) ->
         }
         let then = tree_hash(earlier_size, &hashes).map_err(|e| ExportError::Header(e.to_string()))?;
         if then != earlier_root {
-            return Err(ExportError::Inconsistent {
-                size: earlier_size,
-                computed: hex::encode(then.0),
-                signed: hex::encode(earlier_root.0),
-            });
+            return Err(ExportError::Inconsistent { size: earlier_size, computed: hex::encode(then.0), signed: hex::encode(earlier_root.0) });
         }
     }
     Ok(VerifiedExport { tree_size: size, root_hash: hex::encode(computed.0) })
@@ -215,10 +188,7 @@ fn diagnose(export: &str, wrapped: bool, size: u64, signed_root: Hash, computed:
     match first_altered(export, &recorded, size, signed_root) {
         Ok(Some(index)) => ExportError::Altered { index },
         Err(error) => error,
-        Ok(None) => ExportError::Root {
-            computed: computed.map_or_else(String::new, |c| hex::encode(c.0)),
-            signed: hex::encode(signed_root.0),
-        },
+        Ok(None) => ExportError::Root { computed: computed.map_or_else(String::new, |c| hex::encode(c.0)), signed: hex::encode(signed_root.0) },
     }
 }
 
@@ -252,9 +222,6 @@ struct MemoryHashes(Vec<Hash>);
 
 impl HashReader for MemoryHashes {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, TlogError> {
-        indexes
-            .iter()
-            .map(|i| self.0.get(*i as usize).copied().ok_or(TlogError::IndexesNotInTree))
-            .collect()
+        indexes.iter().map(|i| self.0.get(*i as usize).copied().ok_or(TlogError::IndexesNotInTree)).collect()
     }
 }

@@ -25,9 +25,7 @@ impl HashReader for PrefetchedHashes<'_> {
         match found {
             Some(hashes) => Ok(hashes),
             None => {
-                self.missing
-                    .borrow_mut()
-                    .extend(indexes.iter().filter(|i| !self.known.contains_key(i)));
+                self.missing.borrow_mut().extend(indexes.iter().filter(|i| !self.known.contains_key(i)));
                 Err(Error::IndexesNotInTree)
             }
         }

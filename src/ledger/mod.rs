@@ -525,10 +525,7 @@ async fn with_stored_hashes<T>(
         anyhow::ensure!(!missing.is_empty(), "computing ledger hashes: {error}");
         let wanted: Vec<i64> = missing.iter().map(|i| *i as i64).collect();
         for (index, bytes) in Store::ledger_read_hashes(conn, &wanted).await? {
-            let array: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .with_context(|| format!("stored hash {index} is not 32 bytes"))?;
+            let array: [u8; 32] = bytes.as_slice().try_into().with_context(|| format!("stored hash {index} is not 32 bytes"))?;
             known.insert(index as u64, Hash(array));
         }
         for index in missing {
@@ -587,9 +584,6 @@ mod tests {
     fn leaf_hashes_follow_rfc_6962() {
         // RFC 6962 §2.1: MTH({d(0)}) = SHA-256(0x00 || d(0)); the empty leaf's hash is a
         // published constant (certificate-transparency test vectors).
-        assert_eq!(
-            leaf_hash_hex(b""),
-            "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d"
-        );
+        assert_eq!(leaf_hash_hex(b""), "6e340b9cffb37a989ca544e6bb780a2c78901d3fb33738768511a30617afa01d");
     }
 }

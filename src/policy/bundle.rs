@@ -33,14 +33,11 @@ impl BundleSource {
                 continue;
             };
             if name.ends_with(".rego") {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
                 modules.insert(name, text);
             } else if name == "data.json" {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                data = serde_json::from_str(&text)
-                    .with_context(|| format!("parsing {}", path.display()))?;
+                let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+                data = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
             }
         }
         anyhow::ensure!(!modules.is_empty(), "bundle {} has no .rego modules", dir.display());
@@ -95,10 +92,8 @@ impl BundleSource {
 
     pub fn from_document(document: &Value) -> anyhow::Result<BundleSource> {
         let id = document.get("id").and_then(Value::as_str).context("bundle document has no id")?;
-        let modules: BTreeMap<String, String> = serde_json::from_value(
-            document.get("modules").cloned().context("bundle document has no modules")?,
-        )
-        .context("bundle modules must map file names to Rego text")?;
+        let modules: BTreeMap<String, String> = serde_json::from_value(document.get("modules").cloned().context("bundle document has no modules")?)
+            .context("bundle modules must map file names to Rego text")?;
         let data = document.get("data").cloned().unwrap_or_else(|| json!({}));
         Ok(BundleSource { id: id.to_owned(), modules, data })
     }

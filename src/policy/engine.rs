@@ -1,6 +1,9 @@
 //! A compiled bundle version and gate evaluation that fails closed on error, timeout or bad output.
 
-use std::{num::NonZeroU32, time::{Duration, Instant}};
+use std::{
+    num::NonZeroU32,
+    time::{Duration, Instant},
+};
 
 use regorus::{Engine, utils::limits::ExecutionTimerConfig};
 use serde::{Deserialize, Serialize};
@@ -49,13 +52,7 @@ pub struct GateDecision {
 
 impl GateDecision {
     fn fail_closed(error: String, eval_us: u64) -> GateDecision {
-        GateDecision {
-            action: "deny".to_owned(),
-            tier: None,
-            reasons: vec![format!("policy failed closed: {error}")],
-            error: Some(error),
-            eval_us,
-        }
+        GateDecision { action: "deny".to_owned(), tier: None, reasons: vec![format!("policy failed closed: {error}")], error: Some(error), eval_us }
     }
 }
 
@@ -76,21 +73,13 @@ pub struct CompileError {
 impl CompileError {
     /// Reads the position out of a regorus error (`--> file:line:col` … `error: message`).
     fn from_regorus(module: &str, error: &str) -> CompileError {
-        let position = error
-            .lines()
-            .find_map(|line| line.trim().strip_prefix("--> "))
-            .and_then(|at| {
-                let mut parts = at.rsplitn(3, ':');
-                let column = parts.next()?.trim().parse().ok()?;
-                let line = parts.next()?.trim().parse().ok()?;
-                Some((parts.next().unwrap_or(module).to_owned(), line, column))
-            });
-        let message = error
-            .lines()
-            .rev()
-            .find_map(|line| line.strip_prefix("error: "))
-            .unwrap_or_else(|| error.trim())
-            .to_owned();
+        let position = error.lines().find_map(|line| line.trim().strip_prefix("--> ")).and_then(|at| {
+            let mut parts = at.rsplitn(3, ':');
+            let column = parts.next()?.trim().parse().ok()?;
+            let line = parts.next()?.trim().parse().ok()?;
+            Some((parts.next().unwrap_or(module).to_owned(), line, column))
+        });
+        let message = error.lines().rev().find_map(|line| line.strip_prefix("error: ")).unwrap_or_else(|| error.trim()).to_owned();
         let (module, line, column) = position.unwrap_or_else(|| (module.to_owned(), 0, 0));
         CompileError { module, line, column, message, detail: error.trim().to_owned() }
     }
@@ -113,15 +102,9 @@ impl std::fmt::Debug for CompiledBundle {
 impl CompiledBundle {
     /// Parses every module (tests included, so their rules are available to the test runner)
     /// and loads the data document. Errors name the module, line and column.
-    pub fn compile(
-        source: &BundleSource,
-        reference: ArtifactRef,
-        digest: String,
-        eval_timeout: Duration,
-    ) -> anyhow::Result<CompiledBundle> {
+    pub fn compile(source: &BundleSource, reference: ArtifactRef, digest: String, eval_timeout: Duration) -> anyhow::Result<CompiledBundle> {
         let label = reference.to_string();
-        Self::compile_checked(source, reference, digest, eval_timeout)
-            .map_err(|e| anyhow::anyhow!("policy bundle {label}: {e}\n{}", e.detail))
+        Self::compile_checked(source, reference, digest, eval_timeout).map_err(|e| anyhow::anyhow!("policy bundle {label}: {e}\n{}", e.detail))
     }
 
     /// [`CompiledBundle::compile`] with the error as data, for callers that report it.
@@ -139,9 +122,7 @@ impl CompiledBundle {
             check_interval: NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN),
         });
         for (name, text) in &source.modules {
-            engine
-                .add_policy(name.clone(), text.clone())
-                .map_err(|e| CompileError::from_regorus(name, &e.to_string()))?;
+            engine.add_policy(name.clone(), text.clone()).map_err(|e| CompileError::from_regorus(name, &e.to_string()))?;
         }
         engine.add_data(regorus::Value::from(source.data.clone())).map_err(|e| CompileError {
             module: "data.json".into(),
@@ -188,10 +169,7 @@ fn interpret(gate: Gate, value: &Value, tier_count: usize, eval_us: u64) -> Gate
         return GateDecision::fail_closed(format!("{rule} returned no string \"action\": {value}"), eval_us);
     };
     if !gate.allowed_actions().contains(&action) {
-        return GateDecision::fail_closed(
-            format!("{rule} returned action {action:?}, expected one of {:?}", gate.allowed_actions()),
-            eval_us,
-        );
+        return GateDecision::fail_closed(format!("{rule} returned action {action:?}, expected one of {:?}", gate.allowed_actions()), eval_us);
     }
     let reasons = match value.get("reasons") {
         None => Vec::new(),
@@ -226,18 +204,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn bundle(rego: &str) -> CompiledBundle {
-        let source = BundleSource {
-            id: "t".into(),
-            modules: BTreeMap::from([("policy.rego".to_owned(), rego.to_owned())]),
-            data: json!({}),
-        };
-        CompiledBundle::compile(
-            &source,
-            ArtifactRef::parse("t@1").unwrap(),
-            "sha256:x".into(),
-            Duration::from_millis(50),
-        )
-        .unwrap()
+        let source = BundleSource { id: "t".into(), modules: BTreeMap::from([("policy.rego".to_owned(), rego.to_owned())]), data: json!({}) };
+        CompiledBundle::compile(&source, ArtifactRef::parse("t@1").unwrap(), "sha256:x".into(), Duration::from_millis(50)).unwrap()
     }
 
     #[test]
@@ -291,8 +259,7 @@ mod tests {
             data: json!({}),
         };
 
-        let error = CompiledBundle::compile_checked(&source, ArtifactRef::parse("t@1").unwrap(), "d".into(), Duration::from_millis(50))
-            .unwrap_err();
+        let error = CompiledBundle::compile_checked(&source, ArtifactRef::parse("t@1").unwrap(), "d".into(), Duration::from_millis(50)).unwrap_err();
 
         assert_eq!(error.module, "broken.rego", "{error:?}");
         assert!(error.line >= 2, "{error:?}");

@@ -83,9 +83,8 @@ pub fn replay<'a>(entries: &'a [Value], candidate: &'a CompiledBundle, prices: &
     compare(entries, &label, prices, |entry| {
         let tier_count = tier_count(entry)?;
         let route = candidate.evaluate(Gate::Route, entry.pointer("/route/input")?, tier_count);
-        let accept: Box<dyn Fn(&Value) -> Option<GateDecision> + 'a> = Box::new(move |attempt: &Value| {
-            attempt.pointer("/accept/input").map(|input| candidate.evaluate(Gate::Accept, input, tier_count))
-        });
+        let accept: Box<dyn Fn(&Value) -> Option<GateDecision> + 'a> =
+            Box::new(move |attempt: &Value| attempt.pointer("/accept/input").map(|input| candidate.evaluate(Gate::Accept, input, tier_count)));
         Some((route, accept))
     })
 }
@@ -93,18 +92,11 @@ pub fn replay<'a>(entries: &'a [Value], candidate: &'a CompiledBundle, prices: &
 /// The shadow report: the decisions a shadow bundle made on live requests (recorded beside
 /// the active policy's, never acted on), compared like a replay.
 pub fn shadow_report(entries: &[Value], shadow: &str, prices: &TierPrices) -> ReplayReport {
-    let shadowed: Vec<Value> = entries
-        .iter()
-        .filter(|e| e.pointer("/shadow/policy").map(reference_of).as_deref() == Some(shadow))
-        .cloned()
-        .collect();
+    let shadowed: Vec<Value> = entries.iter().filter(|e| e.pointer("/shadow/policy").map(reference_of).as_deref() == Some(shadow)).cloned().collect();
     compare(&shadowed, shadow, prices, |entry| {
         let route = decision(entry.pointer("/shadow/route")?)?;
-        let accepts: Vec<Option<GateDecision>> = entry
-            .pointer("/shadow/accepts")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().map(decision).collect())
-            .unwrap_or_default();
+        let accepts: Vec<Option<GateDecision>> =
+            entry.pointer("/shadow/accepts").and_then(Value::as_array).map(|a| a.iter().map(decision).collect()).unwrap_or_default();
         let attempts = entry.get("attempts").and_then(Value::as_array).cloned().unwrap_or_default();
         let accept: Box<dyn Fn(&Value) -> Option<GateDecision>> = Box::new(move |attempt: &Value| {
             let position = attempts.iter().position(|a| a == attempt)?;
@@ -275,11 +267,7 @@ fn tier_count(entry: &Value) -> Option<usize> {
 
 /// `id@version` of a `{"id", "version"}` object.
 fn reference_of(value: &Value) -> String {
-    format!(
-        "{}@{}",
-        value.get("id").and_then(Value::as_str).unwrap_or_default(),
-        value.get("version").and_then(Value::as_i64).unwrap_or_default()
-    )
+    format!("{}@{}", value.get("id").and_then(Value::as_str).unwrap_or_default(), value.get("version").and_then(Value::as_i64).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -75,20 +75,13 @@ impl CompiledBundle {
         let mut engine = self.engine_for_tests();
         let mut results = Vec::new();
         for (module, text) in source.modules.iter().filter(|(name, _)| is_test_module(name)) {
-            let Some(package) = text
-                .lines()
-                .find_map(|line| line.trim().strip_prefix("package "))
-                .map(|p| p.trim().to_owned())
-            else {
+            let Some(package) = text.lines().find_map(|line| line.trim().strip_prefix("package ")).map(|p| p.trim().to_owned()) else {
                 continue;
             };
             let mut names: Vec<String> = text
                 .lines()
                 .filter_map(|line| {
-                    let name: String = line
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
+                    let name: String = line.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
                     name.starts_with("test_").then_some(name)
                 })
                 .collect();
@@ -104,13 +97,7 @@ impl CompiledBundle {
         }
         let coverage = coverage(&engine, source);
         let count = |outcome| results.iter().filter(|r| r.outcome == outcome).count();
-        TestReport {
-            passed: count(TestOutcome::Pass),
-            failed: count(TestOutcome::Fail),
-            errors: count(TestOutcome::Error),
-            results,
-            coverage,
-        }
+        TestReport { passed: count(TestOutcome::Pass), failed: count(TestOutcome::Fail), errors: count(TestOutcome::Error), results, coverage }
     }
 }
 
@@ -151,7 +138,8 @@ mod tests {
     #[test]
     fn the_shipped_bundle_passes_its_own_tests() {
         let source = BundleSource::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/tiergate-default")).unwrap();
-        let bundle = CompiledBundle::compile(&source, ArtifactRef::parse("tiergate-default@1").unwrap(), "d".into(), Duration::from_millis(200)).unwrap();
+        let bundle =
+            CompiledBundle::compile(&source, ArtifactRef::parse("tiergate-default@1").unwrap(), "d".into(), Duration::from_millis(200)).unwrap();
 
         let report = bundle.test_report(&source);
 

@@ -17,10 +17,7 @@ static VALIDATORS: LazyLock<Result<(jsonschema::Validator, jsonschema::Validator
 
 fn compile_schema(text: &str) -> Result<jsonschema::Validator, String> {
     let schema: Value = serde_json::from_str(text).map_err(|e| format!("schema is not JSON: {e}"))?;
-    jsonschema::draft202012::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .map_err(|e| format!("schema does not compile: {e}"))
+    jsonschema::draft202012::options().should_validate_formats(true).build(&schema).map_err(|e| format!("schema does not compile: {e}"))
 }
 
 /// Why a card document was refused. Every variant names where the problem is.
@@ -73,14 +70,11 @@ pub fn parse_card(text: &str) -> Result<ValidatedCard, CardError> {
         Some("model-card") => CardKind::Model,
         Some("system-card") => CardKind::System,
         Some(other) => {
-            return Err(CardError::Invalid(format!(
-                "/kind: {other:?} is not a card kind (expected \"model-card\" or \"system-card\")"
-            )));
+            return Err(CardError::Invalid(format!("/kind: {other:?} is not a card kind (expected \"model-card\" or \"system-card\")")));
         }
         None => return Err(CardError::Invalid("/kind: missing (\"model-card\" or \"system-card\")".into())),
     };
-    let (model_validator, system_validator) =
-        VALIDATORS.as_ref().map_err(|e| CardError::Invalid(format!("built-in schema: {e}")))?;
+    let (model_validator, system_validator) = VALIDATORS.as_ref().map_err(|e| CardError::Invalid(format!("built-in schema: {e}")))?;
     let validator = match kind {
         CardKind::Model => model_validator,
         CardKind::System => system_validator,
@@ -96,11 +90,7 @@ pub fn parse_card(text: &str) -> Result<ValidatedCard, CardError> {
     if !violations.is_empty() {
         return Err(CardError::Schema(violations));
     }
-    let id = document
-        .get("id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CardError::Invalid("/id: missing".into()))?
-        .to_owned();
+    let id = document.get("id").and_then(Value::as_str).ok_or_else(|| CardError::Invalid("/id: missing".into()))?.to_owned();
     Ok(ValidatedCard { kind, id, document })
 }
 
@@ -244,9 +234,7 @@ mod tests {
 
     #[test]
     fn every_schema_violation_is_reported_with_its_path() {
-        let broken = MODEL_CARD
-            .replace("max_tokens_limit: 2048", "max_tokens_limit: -5")
-            .replace("risk_tier: low", "risk_tier: catastrophic");
+        let broken = MODEL_CARD.replace("max_tokens_limit: 2048", "max_tokens_limit: -5").replace("risk_tier: low", "risk_tier: catastrophic");
 
         let Err(CardError::Schema(violations)) = parse_card(&broken) else {
             panic!("expected schema violations");

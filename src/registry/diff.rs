@@ -76,10 +76,7 @@ mod tests {
         let changes = diff(&old, &new);
 
         let summary: Vec<(&str, &str)> = changes.iter().map(|c| (c.op, c.path.as_str())).collect();
-        assert_eq!(
-            summary,
-            vec![("changed", "/a"), ("changed", "/b/c/1"), ("removed", "/b/c/2"), ("removed", "/gone"), ("added", "/new")]
-        );
+        assert_eq!(summary, vec![("changed", "/a"), ("changed", "/b/c/1"), ("removed", "/b/c/2"), ("removed", "/gone"), ("added", "/new")]);
         assert_eq!(changes[0].from, Some(json!(1)));
         assert_eq!(changes[0].to, Some(json!(2)));
         assert!(diff(&old, &old).is_empty());

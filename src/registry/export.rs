@@ -52,10 +52,7 @@ pub fn cyclonedx(version: &StoredArtifactVersion, card: &Value) -> Value {
         component.insert("purl".into(), json!(purl));
     }
     if let Some(base_model) = text("/base_model") {
-        component.insert(
-            "pedigree".into(),
-            json!({"ancestors": [{"type": "machine-learning-model", "name": base_model}]}),
-        );
+        component.insert("pedigree".into(), json!({"ancestors": [{"type": "machine-learning-model", "name": base_model}]}));
     }
     component.insert("modelCard".into(), model_card(card));
     component.insert("properties".into(), json!(properties(version, card)));
@@ -171,7 +168,9 @@ fn model_card(card: &Value) -> Value {
         .iter()
         .map(|assessment| {
             let mut out = Map::new();
-            for (from, to) in [("group_at_risk", "groupAtRisk"), ("benefits", "benefits"), ("harms", "harms"), ("mitigation_strategy", "mitigationStrategy")] {
+            for (from, to) in
+                [("group_at_risk", "groupAtRisk"), ("benefits", "benefits"), ("harms", "harms"), ("mitigation_strategy", "mitigationStrategy")]
+            {
                 if let Some(value) = assessment.get(from) {
                     out.insert(to.into(), value.clone());
                 }
@@ -254,9 +253,26 @@ fn as_text(value: Option<&Value>) -> String {
 /// exactly. Known tags map to their id; anything else is carried as a license name.
 fn license_choice(tag: &str) -> Value {
     const SPDX: &[&str] = &[
-        "Apache-2.0", "MIT", "BSD-2-Clause", "BSD-3-Clause", "GPL-2.0-only", "GPL-3.0-only", "LGPL-3.0-only",
-        "AGPL-3.0-only", "MPL-2.0", "CC0-1.0", "CC-BY-4.0", "CC-BY-SA-4.0", "CC-BY-NC-4.0", "CC-BY-NC-SA-4.0",
-        "CC-BY-ND-4.0", "CC-BY-NC-ND-4.0", "Unlicense", "Artistic-2.0", "BSL-1.0", "OpenRAIL",
+        "Apache-2.0",
+        "MIT",
+        "BSD-2-Clause",
+        "BSD-3-Clause",
+        "GPL-2.0-only",
+        "GPL-3.0-only",
+        "LGPL-3.0-only",
+        "AGPL-3.0-only",
+        "MPL-2.0",
+        "CC0-1.0",
+        "CC-BY-4.0",
+        "CC-BY-SA-4.0",
+        "CC-BY-NC-4.0",
+        "CC-BY-NC-SA-4.0",
+        "CC-BY-ND-4.0",
+        "CC-BY-NC-ND-4.0",
+        "Unlicense",
+        "Artistic-2.0",
+        "BSL-1.0",
+        "OpenRAIL",
     ];
     let normalised = match tag.to_ascii_lowercase().as_str() {
         "gpl-3.0" => "gpl-3.0-only".to_owned(),
@@ -288,10 +304,7 @@ pub fn markdown(version: &StoredArtifactVersion, card: &Value) -> String {
     let mut out = String::new();
     let name = text("/name").unwrap_or_else(|| version.id.clone());
     out.push_str(&format!("# {name}\n\n"));
-    out.push_str(&format!(
-        "Model card `{}@{}` · status **{}** · digest `{}`\n\n",
-        version.id, version.version, version.status, version.digest
-    ));
+    out.push_str(&format!("Model card `{}@{}` · status **{}** · digest `{}`\n\n", version.id, version.version, version.status, version.digest));
     if let Some(description) = text("/description") {
         out.push_str(&format!("{description}\n\n"));
     }
@@ -310,7 +323,10 @@ pub fn markdown(version: &StoredArtifactVersion, card: &Value) -> String {
         ("Quantization", text("/weights/quantization")),
         ("Weights sha256", text("/weights/sha256").map(|s| format!("`{s}`"))),
         ("Weights source", weights_source(card)),
-        ("Runs as (derived)", text("/weights/derived/quantization").map(|q| format!("{q}, made by {}", text("/weights/derived/method").unwrap_or_default()))),
+        (
+            "Runs as (derived)",
+            text("/weights/derived/quantization").map(|q| format!("{q}, made by {}", text("/weights/derived/method").unwrap_or_default())),
+        ),
         ("Derived weights sha256", text("/weights/derived/sha256").map(|s| format!("`{s}`"))),
         ("Context length", text("/context_length")),
         ("Max tokens per request", text("/max_tokens_limit")),
@@ -434,11 +450,7 @@ fn weights_source(card: &Value) -> Option<String> {
     }
     Some(match source {
         Value::String(text) => text.clone(),
-        Value::Object(map) => map
-            .iter()
-            .map(|(kind, value)| format!("{kind}: {}", as_text(Some(value))))
-            .collect::<Vec<_>>()
-            .join(", "),
+        Value::Object(map) => map.iter().map(|(kind, value)| format!("{kind}: {}", as_text(Some(value)))).collect::<Vec<_>>().join(", "),
         other => other.to_string(),
     })
 }

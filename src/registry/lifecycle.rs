@@ -80,14 +80,7 @@ impl Registry {
     /// Validates a card and stores it as a new draft version, recording the submission.
     /// A card identical to an existing version (same digest) returns that version and writes
     /// nothing. A system card may only pin model card and policy versions that exist.
-    pub async fn submit_card(
-        &self,
-        ledger: &Ledger,
-        expected: CardKind,
-        text: &str,
-        actor: &Actor,
-        now: &str,
-    ) -> Result<Submission, LifecycleError> {
+    pub async fn submit_card(&self, ledger: &Ledger, expected: CardKind, text: &str, actor: &Actor, now: &str) -> Result<Submission, LifecycleError> {
         let card = parse_card(text)?;
         if card.kind != expected {
             let (sent, wanted) = match expected {
@@ -125,9 +118,7 @@ impl Registry {
         let reference = ArtifactRef { id: source.id.clone(), version: 0 };
         let compiled = CompiledBundle::compile_checked(&source, reference, String::new(), TEST_EVAL_TIMEOUT)?;
         let report = compiled.test_report(&source);
-        let submission = self
-            .store_new_version(ledger, ArtifactKind::PolicyBundle, &source.id, original, &source.to_document(), actor, now)
-            .await?;
+        let submission = self.store_new_version(ledger, ArtifactKind::PolicyBundle, &source.id, original, &source.to_document(), actor, now).await?;
         Ok((submission, report))
     }
 
@@ -163,9 +154,7 @@ impl Registry {
         };
         let version = Store::insert_artifact_version_with(tx.conn(), &new).await?;
         let reference = ArtifactRef { id: id.to_owned(), version };
-        let appended = tx
-            .commit(governance_entry("submitted", kind, &reference, &digest, actor, json!({"to": DRAFT}), None))
-            .await?;
+        let appended = tx.commit(governance_entry("submitted", kind, &reference, &digest, actor, json!({"to": DRAFT}), None)).await?;
         Ok(Submission { stored: Stored { reference, digest, created: true }, ledger_index: Some(appended.index) })
     }
 
@@ -206,11 +195,7 @@ impl Registry {
         let mut tx = ledger.begin().await?;
         let version = load(tx.conn(), kind, reference).await?;
         if version.status != DRAFT {
-            return Err(LifecycleError::Conflict(format!(
-                "{} {reference} is {}; only a draft can be approved",
-                kind.as_str(),
-                version.status
-            )));
+            return Err(LifecycleError::Conflict(format!("{} {reference} is {}; only a draft can be approved", kind.as_str(), version.status)));
         }
         four_eyes("approve", kind, reference, &version, actor)?;
         if kind == ArtifactKind::PolicyBundle {
@@ -222,8 +207,7 @@ impl Registry {
                 return Err(LifecycleError::Conflict(format!("policy_bundle {reference} cannot be approved: {why}")));
             }
         }
-        Store::set_artifact_status(tx.conn(), kind.as_str(), &reference.id, reference.version, APPROVED, Some((&actor.id, now)))
-            .await?;
+        Store::set_artifact_status(tx.conn(), kind.as_str(), &reference.id, reference.version, APPROVED, Some((&actor.id, now))).await?;
         let status = json!({"from": DRAFT, "to": APPROVED});
         let appended = tx.commit(governance_entry("approved", kind, reference, &version.digest, actor, status, None)).await?;
         Ok(record("approved", kind, reference, &version.digest, APPROVED, None, appended.index))
@@ -232,12 +216,7 @@ impl Registry {
     /// Refuses activation (or rollback to) `reference` with the reason, if it cannot be made
     /// active now. Checked before a system is loaded for serving, and again inside the
     /// transaction that activates it.
-    pub async fn check_activation(
-        &self,
-        kind: ArtifactKind,
-        reference: &ArtifactRef,
-        actor: &Actor,
-    ) -> Result<(), LifecycleError> {
+    pub async fn check_activation(&self, kind: ArtifactKind, reference: &ArtifactRef, actor: &Actor) -> Result<(), LifecycleError> {
         let mut conn = self.store.pool().acquire().await.map_err(anyhow::Error::from)?;
         activation_problem(&mut conn, kind, reference, actor).await
     }
@@ -293,10 +272,7 @@ impl Registry {
                     .and_then(|row| row.previous)
                     .filter(|previous| *previous < current)
                     .ok_or_else(|| {
-                        LifecycleError::Conflict(format!(
-                            "{} {id}@{current} has no earlier active version; name one with to_version",
-                            kind.as_str()
-                        ))
+                        LifecycleError::Conflict(format!("{} {id}@{current} has no earlier active version; name one with to_version", kind.as_str()))
                     })?
             }
         };
@@ -441,13 +417,7 @@ async fn load(conn: &mut sqlx::AnyConnection, kind: ArtifactKind, reference: &Ar
         .ok_or_else(|| LifecycleError::NotFound(format!("{} {reference} does not exist", kind.as_str())))
 }
 
-fn four_eyes(
-    step: &str,
-    kind: ArtifactKind,
-    reference: &ArtifactRef,
-    version: &StoredArtifactVersion,
-    actor: &Actor,
-) -> Result<(), LifecycleError> {
+fn four_eyes(step: &str, kind: ArtifactKind, reference: &ArtifactRef, version: &StoredArtifactVersion, actor: &Actor) -> Result<(), LifecycleError> {
     if version.author == actor.id {
         return Err(LifecycleError::FourEyes(format!(
             "{} {reference} was submitted by {:?}, who cannot {step} it: a second person must",
@@ -469,10 +439,7 @@ async fn activation_problem(
         APPROVED => {}
         ACTIVE => return Err(LifecycleError::Conflict(format!("{} {reference} is already active", kind.as_str()))),
         status => {
-            return Err(LifecycleError::Conflict(format!(
-                "{} {reference} is {status}; only an approved version can be made active",
-                kind.as_str()
-            )));
+            return Err(LifecycleError::Conflict(format!("{} {reference} is {status}; only an approved version can be made active", kind.as_str())));
         }
     }
     four_eyes("activate", kind, reference, &version, actor)?;
@@ -488,10 +455,7 @@ async fn activation_problem(
             }
         }
         if !unapproved.is_empty() {
-            return Err(LifecycleError::Conflict(format!(
-                "system card {reference} pins versions that are not approved: {}",
-                unapproved.join("; ")
-            )));
+            return Err(LifecycleError::Conflict(format!("system card {reference} pins versions that are not approved: {}", unapproved.join("; "))));
         }
     }
     Ok(())

@@ -8,8 +8,8 @@ mod reference;
 mod seed;
 
 pub use cards::{
-    CardError, CardKind, Cost, Decoding, DerivedWeights, ModelCard, Runtime, SchemaViolation, SystemCard, TierSpec,
-    PypiFile, ValidatedCard, Weights, WeightsSource, parse_card,
+    CardError, CardKind, Cost, Decoding, DerivedWeights, ModelCard, PypiFile, Runtime, SchemaViolation, SystemCard, TierSpec, ValidatedCard, Weights,
+    WeightsSource, parse_card,
 };
 pub use diff::{Change, diff};
 pub use export::{CYCLONEDX_SPEC_VERSION, cyclonedx, markdown};
@@ -109,23 +109,13 @@ impl Registry {
         let Some(row) = self.store.artifact_version(kind.as_str(), &reference.id, reference.version).await? else {
             return Ok(None);
         };
-        let document: Value = serde_json::from_str(&row.canonical)
-            .with_context(|| format!("decoding stored {} {reference}", kind.as_str()))?;
-        Ok(Some(ArtifactVersion {
-            kind,
-            reference: reference.clone(),
-            digest: row.digest,
-            document,
-            author: row.author,
-            status: row.status,
-        }))
+        let document: Value = serde_json::from_str(&row.canonical).with_context(|| format!("decoding stored {} {reference}", kind.as_str()))?;
+        Ok(Some(ArtifactVersion { kind, reference: reference.clone(), digest: row.digest, document, author: row.author, status: row.status }))
     }
 
     /// Like [`Registry::get`], but a missing version is an error naming it.
     pub async fn require(&self, kind: ArtifactKind, reference: &ArtifactRef) -> anyhow::Result<ArtifactVersion> {
-        self.get(kind, reference)
-            .await?
-            .with_context(|| format!("{} {reference} does not exist in the registry", kind.as_str()))
+        self.get(kind, reference).await?.with_context(|| format!("{} {reference} does not exist in the registry", kind.as_str()))
     }
 
     pub async fn active_version(&self, kind: ArtifactKind, id: &str) -> anyhow::Result<Option<i64>> {

@@ -34,15 +34,9 @@ pub struct ArtifactRef {
 
 impl ArtifactRef {
     pub fn parse(text: &str) -> Result<ArtifactRef, String> {
-        let (id, version) = text
-            .split_once('@')
-            .ok_or_else(|| format!("{text:?} is not of the form <id>@<version>"))?;
+        let (id, version) = text.split_once('@').ok_or_else(|| format!("{text:?} is not of the form <id>@<version>"))?;
         validate_slug(id)?;
-        let version: i64 = version
-            .parse()
-            .ok()
-            .filter(|v| *v >= 1)
-            .ok_or_else(|| format!("{text:?}: version must be a whole number from 1"))?;
+        let version: i64 = version.parse().ok().filter(|v| *v >= 1).ok_or_else(|| format!("{text:?}: version must be a whole number from 1"))?;
         Ok(ArtifactRef { id: id.to_owned(), version })
     }
 }
@@ -53,11 +47,7 @@ pub fn validate_slug(id: &str) -> Result<(), String> {
         && id.len() <= 64
         && id.starts_with(|c: char| c.is_ascii_lowercase())
         && id.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{id:?} is not a valid id (lowercase letters, digits and '-', starting with a letter)"))
-    }
+    if ok { Ok(()) } else { Err(format!("{id:?} is not a valid id (lowercase letters, digits and '-', starting with a letter)")) }
 }
 
 impl fmt::Display for ArtifactRef {

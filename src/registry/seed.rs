@@ -1,6 +1,9 @@
 //! Loads the shipped cards and policy bundles into the registry on start-up, idempotently.
 
-use std::{path::{Path, PathBuf}, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::Context;
 use serde_json::Value;
@@ -21,12 +24,7 @@ pub struct SeedReport {
 /// Stores every shipped bundle, model card and system card (in that order, so references
 /// resolve). Content already stored (same digest) creates nothing; a changed file becomes a new
 /// version, and becomes active unless someone activated a non-shipped version meanwhile.
-pub async fn seed_shipped(
-    registry: &Registry,
-    cards_dirs: &[PathBuf],
-    policies_dir: &Path,
-    now: &str,
-) -> anyhow::Result<SeedReport> {
+pub async fn seed_shipped(registry: &Registry, cards_dirs: &[PathBuf], policies_dir: &Path, now: &str) -> anyhow::Result<SeedReport> {
     let mut report = SeedReport::default();
     for dir in sorted_entries(policies_dir)?.into_iter().filter(|p| p.is_dir()) {
         let source = BundleSource::from_dir(&dir)?;
@@ -42,9 +40,7 @@ pub async fn seed_shipped(
         let kind = match card.kind {
             CardKind::Model => ArtifactKind::ModelCard,
             CardKind::System => {
-                check_system_references(registry, &card.document)
-                    .await
-                    .with_context(|| format!("shipped card {}", path.display()))?;
+                check_system_references(registry, &card.document).await.with_context(|| format!("shipped card {}", path.display()))?;
                 ArtifactKind::SystemCard
             }
         };

@@ -73,7 +73,13 @@ impl DriftMonitor {
 
     /// Adds one request's signals (`None` when the first tier gave no answer); returns the PSI
     /// of each signal whose windows are full, and the crossings this request caused.
-    pub fn observe(&mut self, system: &str, version: &str, confidence: Option<f64>, prompt_length: f64) -> (Vec<(&'static str, f64)>, Vec<DriftEvent>) {
+    pub fn observe(
+        &mut self,
+        system: &str,
+        version: &str,
+        confidence: Option<f64>,
+        prompt_length: f64,
+    ) -> (Vec<(&'static str, f64)>, Vec<DriftEvent>) {
         let window = self.settings.window;
         let entry = self.systems.entry(system.to_owned()).or_insert_with(|| (version.to_owned(), Default::default()));
         if entry.0 != version {

@@ -29,14 +29,8 @@ impl EntryBuilder {
             request_part["messages"] = messages;
         }
         let mut body = serde_json::Map::new();
-        body.insert(
-            "caller".into(),
-            json!({"id": request.facts.caller, "key_id": request.facts.key_id, "role": request.facts.role}),
-        );
-        body.insert(
-            "system".into(),
-            json!({"id": system.reference.id, "version": system.reference.version, "digest": system.digest}),
-        );
+        body.insert("caller".into(), json!({"id": request.facts.caller, "key_id": request.facts.key_id, "role": request.facts.role}));
+        body.insert("system".into(), json!({"id": system.reference.id, "version": system.reference.version, "digest": system.digest}));
         body.insert(
             "policy".into(),
             json!({
@@ -51,10 +45,7 @@ impl EntryBuilder {
     }
 
     pub fn push_attempt(&mut self, tier: &TierRoute, attempt: &Attempt, accept: &GateDecision) {
-        let (prompt_tokens, completion_tokens) = attempt
-            .generation
-            .as_ref()
-            .map_or((0, 0), |g| (g.prompt_tokens, g.completion_tokens));
+        let (prompt_tokens, completion_tokens) = attempt.generation.as_ref().map_or((0, 0), |g| (g.prompt_tokens, g.completion_tokens));
         self.attempts.push(json!({
             "tier": tier.index,
             "tier_name": tier.name,

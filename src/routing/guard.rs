@@ -67,12 +67,7 @@ impl Drop for Waiting<'_> {
 
 impl TierGuard {
     pub fn new(limits: GuardLimits) -> TierGuard {
-        TierGuard {
-            limits,
-            slots: Semaphore::new(limits.concurrency.max(1)),
-            waiting: AtomicUsize::new(0),
-            breaker: Mutex::new(Breaker::default()),
-        }
+        TierGuard { limits, slots: Semaphore::new(limits.concurrency.max(1)), waiting: AtomicUsize::new(0), breaker: Mutex::new(Breaker::default()) }
     }
 
     /// Waits for a slot, unless the circuit is open or the queue is full. Dropping the future

@@ -64,29 +64,20 @@ impl SystemLoader {
 
     /// One system card version with its tiers' runtimes loaded and its policy compiled.
     pub async fn load(&self, version: &ArtifactVersion) -> anyhow::Result<SystemRoute> {
-        let card: SystemCard = serde_json::from_value(version.document.clone())
-            .with_context(|| format!("system card {}", version.reference))?;
+        let card: SystemCard = serde_json::from_value(version.document.clone()).with_context(|| format!("system card {}", version.reference))?;
         let mut cache = self.cache.lock().await;
         let policy = self.compiled_policy(&mut cache, &card.policy).await?;
-        let time_budget = version
-            .document
-            .pointer("/slas/p95_latency_ms")
-            .and_then(Value::as_u64)
-            .map(Duration::from_millis);
+        let time_budget = version.document.pointer("/slas/p95_latency_ms").and_then(Value::as_u64).map(Duration::from_millis);
         let mut tiers = Vec::new();
         for (index, tier) in card.tiers.iter().enumerate() {
             let model_version = self.registry.require(ArtifactKind::ModelCard, &tier.model).await?;
-            let model: ModelCard = serde_json::from_value(model_version.document.clone())
-                .with_context(|| format!("model card {}", tier.model))?;
+            let model: ModelCard = serde_json::from_value(model_version.document.clone()).with_context(|| format!("model card {}", tier.model))?;
             let runtime = match &model.runtime {
                 // Keyed by the file that runs: models sharing it share one loaded instance.
                 Runtime::MistralrsGguf => match cache.runtimes.get(model.weights.loaded_sha256()) {
                     Some(runtime) => TierRuntime::Local(runtime.clone()),
                     None => {
-                        let runtime = self
-                            .load_gguf(&model)
-                            .await
-                            .with_context(|| format!("system {}: tier {index} ({})", card.id, tier.model))?;
+                        let runtime = self.load_gguf(&model).await.with_context(|| format!("system {}: tier {index} ({})", card.id, tier.model))?;
                         cache.runtimes.insert(model.weights.loaded_sha256().to_owned(), runtime.clone());
                         TierRuntime::Local(runtime)
                     }
@@ -113,11 +104,7 @@ impl SystemLoader {
                     system_prompt: tier.decoding.system_prompt.clone(),
                     prompt_format: tier.decoding.prompt_format.clone().map(|f| Arc::new(LoadedPromptFormat::new(f))),
                 },
-                max_tokens_limit: model_version
-                    .document
-                    .get("max_tokens_limit")
-                    .and_then(Value::as_u64)
-                    .map(|v| v as u32),
+                max_tokens_limit: model_version.document.get("max_tokens_limit").and_then(Value::as_u64).map(|v| v as u32),
                 cost: model.cost.clone(),
                 guard: TierGuard::new(self.settings.guard),
                 time_budget,
@@ -146,12 +133,7 @@ impl SystemLoader {
         }
         let bundle = self.registry.require(ArtifactKind::PolicyBundle, reference).await?;
         let source = BundleSource::from_document(&bundle.document)?;
-        let compiled = Arc::new(CompiledBundle::compile(
-            &source,
-            reference.clone(),
-            bundle.digest.clone(),
-            self.settings.policy_eval_timeout,
-        )?);
+        let compiled = Arc::new(CompiledBundle::compile(&source, reference.clone(), bundle.digest.clone(), self.settings.policy_eval_timeout)?);
         cache.policies.insert(reference.clone(), compiled.clone());
         Ok(compiled)
     }
@@ -161,9 +143,8 @@ impl SystemLoader {
         let cache_dir = self.settings.model_cache_dir.clone();
         let python = self.settings.python.clone();
         // pip, deriving and hashing ~100 MB block: keep them off the async executor.
-        let path = tokio::task::spawn_blocking(move || ensure_runnable_weights(&weights, &cache_dir, &python))
-            .await
-            .context("weights task panicked")??;
+        let path =
+            tokio::task::spawn_blocking(move || ensure_runnable_weights(&weights, &cache_dir, &python)).await.context("weights task panicked")??;
         tracing::info!(model = %model.id, path = %path.display(), "weights verified; loading model");
         MistralRuntime::load(&path).await
     }

@@ -6,10 +6,10 @@ mod guard;
 mod loader;
 mod system;
 
+pub use drift::{DriftMonitor, DriftSettings};
 pub use guard::{CircuitState, GuardLimits, Refusal};
 pub use loader::{LoaderSettings, SystemLoader};
 pub use system::{SystemRoute, TierRoute};
-pub use drift::{DriftMonitor, DriftSettings};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,8 +18,8 @@ use std::{
 };
 
 use serde::Serialize;
-use tracing::Instrument;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use crate::{
     inference::{DecodingProfile, PromptTooLong, Signals, Turn},
@@ -316,14 +316,12 @@ impl Router {
 
     #[tracing::instrument(name = "route_request", skip_all, fields(request_id = %request_id, system = %request.system_id, outcome, tier_served, escalated))]
     pub async fn handle(&self, request_id: &str, request: ChatRequest) -> Result<Routed, RoutingError> {
-        let system = self
-            .read_systems()
-            .get(&request.system_id)
-            .cloned()
-            .ok_or_else(|| match self.refused.read().unwrap_or_else(PoisonError::into_inner).get(&request.system_id) {
+        let system = self.read_systems().get(&request.system_id).cloned().ok_or_else(|| {
+            match self.refused.read().unwrap_or_else(PoisonError::into_inner).get(&request.system_id) {
                 Some((version, reason)) => RoutingError::SystemUnavailable { system: version.to_string(), reason: reason.clone() },
                 None => RoutingError::UnknownSystem(request.system_id.clone()),
-            })?;
+            }
+        })?;
         system.check_request(&request)?;
         let base_input = json!({
             "request": request_facts_input(&request),
@@ -372,8 +370,7 @@ impl Router {
                     error = tracing::field::Empty,
                     decision = tracing::field::Empty,
                 );
-                let (attempt, accept) =
-                    self.attempt(&system, tier, &request, &base_input, admission).instrument(attempt_span.clone()).await;
+                let (attempt, accept) = self.attempt(&system, tier, &request, &base_input, admission).instrument(attempt_span.clone()).await;
                 attempt_span.record("decision", accept.action.as_str());
                 if let Some(error) = &attempt.error {
                     attempt_span.record("error", error.as_str());
@@ -488,9 +485,9 @@ impl Router {
                     anyhow::Ok(generation)
                 };
                 let result = match tier.time_budget {
-                    Some(budget) => tokio::time::timeout(budget, generation).await.unwrap_or_else(|_| {
-                        Err(anyhow::anyhow!("tier {} exceeded its time budget of {} ms", tier.index, budget.as_millis()))
-                    }),
+                    Some(budget) => tokio::time::timeout(budget, generation)
+                        .await
+                        .unwrap_or_else(|_| Err(anyhow::anyhow!("tier {} exceeded its time budget of {} ms", tier.index, budget.as_millis()))),
                     None => generation.await,
                 };
                 // A prompt too long for the model is the request's fault, not the tier's.
@@ -561,12 +558,7 @@ impl Attempt {
             finish_reason: g.finish_reason.clone(),
             prompt_tokens: g.prompt_tokens,
             completion_tokens: g.completion_tokens,
-            token_logprobs: g
-                .token_logprobs
-                .iter()
-                .enumerate()
-                .map(|(i, l)| (g.token_texts.get(i).cloned().unwrap_or_default(), *l))
-                .collect(),
+            token_logprobs: g.token_logprobs.iter().enumerate().map(|(i, l)| (g.token_texts.get(i).cloned().unwrap_or_default(), *l)).collect(),
         })
     }
 }

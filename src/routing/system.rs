@@ -47,9 +47,7 @@ pub struct TierRoute {
 impl TierRoute {
     /// Cost of one attempt from the model card's prices and the real token counts.
     pub fn cost(&self, prompt_tokens: u64, completion_tokens: u64) -> Option<f64> {
-        self.cost.as_ref().map(|c| {
-            (prompt_tokens as f64 * c.per_1k_input_tokens + completion_tokens as f64 * c.per_1k_output_tokens) / 1000.0
-        })
+        self.cost.as_ref().map(|c| (prompt_tokens as f64 * c.per_1k_input_tokens + completion_tokens as f64 * c.per_1k_output_tokens) / 1000.0)
     }
 }
 
@@ -59,9 +57,7 @@ impl SystemRoute {
         if let Some(max_tokens) = request.max_tokens {
             if let Some(limit) = self.tiers.iter().filter_map(|t| t.max_tokens_limit).min() {
                 if max_tokens > limit {
-                    return Err(RoutingError::InvalidRequest(format!(
-                        "max_tokens: {max_tokens} exceeds this system's limit of {limit}"
-                    )));
+                    return Err(RoutingError::InvalidRequest(format!("max_tokens: {max_tokens} exceeds this system's limit of {limit}")));
                 }
             }
         }

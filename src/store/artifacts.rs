@@ -83,27 +83,13 @@ fn from_row(row: &AnyRow) -> Result<StoredArtifactVersion, sqlx::Error> {
 }
 
 impl Store {
-    pub async fn latest_artifact_version(
-        &self,
-        kind: &str,
-        id: &str,
-    ) -> anyhow::Result<Option<StoredArtifactVersion>> {
+    pub async fn latest_artifact_version(&self, kind: &str, id: &str) -> anyhow::Result<Option<StoredArtifactVersion>> {
         let sql = concat!("SELECT ", columns!(), " FROM artifact_versions WHERE kind = $1 AND id = $2 ORDER BY version DESC LIMIT 1");
-        let row = sqlx::query(sql)
-            .bind(kind)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .with_context(|| format!("reading latest {kind} {id}"))?;
+        let row = sqlx::query(sql).bind(kind).bind(id).fetch_optional(&self.pool).await.with_context(|| format!("reading latest {kind} {id}"))?;
         row.as_ref().map(from_row).transpose().context("decoding artifact version")
     }
 
-    pub async fn artifact_version(
-        &self,
-        kind: &str,
-        id: &str,
-        version: i64,
-    ) -> anyhow::Result<Option<StoredArtifactVersion>> {
+    pub async fn artifact_version(&self, kind: &str, id: &str, version: i64) -> anyhow::Result<Option<StoredArtifactVersion>> {
         Self::artifact_version_with(&self.pool, kind, id, version).await
     }
 
@@ -128,12 +114,7 @@ impl Store {
     /// Every version of one artifact, oldest first.
     pub async fn artifact_versions(&self, kind: &str, id: &str) -> anyhow::Result<Vec<StoredArtifactVersion>> {
         let sql = concat!("SELECT ", columns!(), " FROM artifact_versions WHERE kind = $1 AND id = $2 ORDER BY version");
-        let rows = sqlx::query(sql)
-            .bind(kind)
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await
-            .with_context(|| format!("listing versions of {kind} {id}"))?;
+        let rows = sqlx::query(sql).bind(kind).bind(id).fetch_all(&self.pool).await.with_context(|| format!("listing versions of {kind} {id}"))?;
         rows.iter().map(from_row).collect::<Result<_, _>>().context("decoding artifact version")
     }
 
@@ -165,34 +146,29 @@ impl Store {
 
     /// [`Store::insert_artifact_version`] inside the caller's write transaction.
     pub async fn insert_artifact_version_with(tx: &mut AnyConnection, new: &NewArtifactVersion) -> anyhow::Result<i64> {
-        let next: i64 = sqlx::query(
-            "SELECT CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT) AS next FROM artifact_versions WHERE kind = $1 AND id = $2",
-        )
-        .bind(&new.kind)
-        .bind(&new.id)
-        .fetch_one(&mut *tx)
-        .await
-        .context("choosing the next version number")?
-        .try_get("next")?;
-        sqlx::query(concat!(
-            "INSERT INTO artifact_versions (",
-            columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
-        .bind(&new.kind)
-        .bind(&new.id)
-        .bind(next)
-        .bind(&new.original)
-        .bind(&new.canonical)
-        .bind(&new.digest)
-        .bind(&new.author)
-        .bind(&new.created_at)
-        .bind(&new.status)
-        .bind(&new.approved_by)
-        .bind(&new.approved_at)
-        .execute(&mut *tx)
-        .await
-        .with_context(|| format!("inserting {} {}@{next}", new.kind, new.id))?;
+        let next: i64 =
+            sqlx::query("SELECT CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT) AS next FROM artifact_versions WHERE kind = $1 AND id = $2")
+                .bind(&new.kind)
+                .bind(&new.id)
+                .fetch_one(&mut *tx)
+                .await
+                .context("choosing the next version number")?
+                .try_get("next")?;
+        sqlx::query(concat!("INSERT INTO artifact_versions (", columns!(), ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"))
+            .bind(&new.kind)
+            .bind(&new.id)
+            .bind(next)
+            .bind(&new.original)
+            .bind(&new.canonical)
+            .bind(&new.digest)
+            .bind(&new.author)
+            .bind(&new.created_at)
+            .bind(&new.status)
+            .bind(&new.approved_by)
+            .bind(&new.approved_at)
+            .execute(&mut *tx)
+            .await
+            .with_context(|| format!("inserting {} {}@{next}", new.kind, new.id))?;
         Ok(next)
     }
 
@@ -283,18 +259,13 @@ impl Store {
 
     /// Every artifact of `kind` that has `alias`, with the version it points at.
     pub async fn artifact_aliases(&self, kind: &str, alias: &str) -> anyhow::Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT id, version FROM artifact_aliases WHERE kind = $1 AND alias = $2 ORDER BY id",
-        )
-        .bind(kind)
-        .bind(alias)
-        .fetch_all(&self.pool)
-        .await
-        .with_context(|| format!("listing {kind} aliases {alias}"))?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("id")?, row.try_get("version")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .context("decoding aliases")
+        let rows = sqlx::query("SELECT id, version FROM artifact_aliases WHERE kind = $1 AND alias = $2 ORDER BY id")
+            .bind(kind)
+            .bind(alias)
+            .fetch_all(&self.pool)
+            .await
+            .with_context(|| format!("listing {kind} aliases {alias}"))?;
+        rows.iter().map(|row| Ok((row.try_get("id")?, row.try_get("version")?))).collect::<Result<_, sqlx::Error>>().context("decoding aliases")
     }
 
     pub async fn artifact_version_count(&self) -> anyhow::Result<i64> {
@@ -308,12 +279,7 @@ impl Store {
 
 impl Store {
     /// The version of artifact `kind`/`id` whose content has `digest`, if one exists.
-    pub async fn artifact_version_by_digest(
-        &self,
-        kind: &str,
-        id: &str,
-        digest: &str,
-    ) -> anyhow::Result<Option<StoredArtifactVersion>> {
+    pub async fn artifact_version_by_digest(&self, kind: &str, id: &str, digest: &str) -> anyhow::Result<Option<StoredArtifactVersion>> {
         let sql = concat!("SELECT ", columns!(), " FROM artifact_versions WHERE kind = $1 AND id = $2 AND digest = $3 ORDER BY version LIMIT 1");
         let row = sqlx::query(sql)
             .bind(kind)

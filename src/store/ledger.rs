@@ -69,11 +69,7 @@ impl Store {
             super::Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await.context("starting write transaction"),
             super::Backend::Postgres => {
                 let mut tx = self.pool.begin().await.context("starting write transaction")?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(WRITE_LOCK_KEY)
-                    .execute(&mut *tx)
-                    .await
-                    .context("taking the write lock")?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(WRITE_LOCK_KEY).execute(&mut *tx).await.context("taking the write lock")?;
                 Ok(tx)
             }
         }
@@ -88,18 +84,12 @@ impl Store {
         Ok(row.try_get("n")?)
     }
 
-    pub async fn ledger_read_hashes(
-        conn: &mut AnyConnection,
-        indexes: &[i64],
-    ) -> anyhow::Result<HashMap<i64, Vec<u8>>> {
+    pub async fn ledger_read_hashes(conn: &mut AnyConnection, indexes: &[i64]) -> anyhow::Result<HashMap<i64, Vec<u8>>> {
         let mut found = HashMap::with_capacity(indexes.len());
         // Bounded batches keep the statement under every backend's bind-parameter limit.
         for chunk in indexes.chunks(500) {
             let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-            let sql = format!(
-                "SELECT hash_index, hash FROM ledger_hashes WHERE hash_index IN ({})",
-                placeholders.join(", ")
-            );
+            let sql = format!("SELECT hash_index, hash FROM ledger_hashes WHERE hash_index IN ({})", placeholders.join(", "));
             // Only numbered placeholders are interpolated; the values are bound.
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for index in chunk {
@@ -112,12 +102,7 @@ impl Store {
         Ok(found)
     }
 
-    pub async fn ledger_insert(
-        conn: &mut AnyConnection,
-        row: &LedgerRow,
-        first_hash_index: i64,
-        hashes: &[Vec<u8>],
-    ) -> anyhow::Result<()> {
+    pub async fn ledger_insert(conn: &mut AnyConnection, row: &LedgerRow, first_hash_index: i64, hashes: &[Vec<u8>]) -> anyhow::Result<()> {
         sqlx::query(
             "INSERT INTO ledger_entries (idx, created_at, request_id, entry_type, system_id, outcome, entry, policy, served_tier)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -163,10 +148,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .context("reading ledger entries")?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("idx")?, row.try_get("entry")?)))
-            .collect::<Result<_, sqlx::Error>>()
-            .context("decoding ledger entries")
+        rows.iter().map(|row| Ok((row.try_get("idx")?, row.try_get("entry")?))).collect::<Result<_, sqlx::Error>>().context("decoding ledger entries")
     }
 
     /// Entries matching `filter`, in index order.
@@ -255,13 +237,11 @@ impl Store {
 
     /// Published checkpoints, newest first.
     pub async fn ledger_checkpoints(&self, limit: i64) -> anyhow::Result<Vec<StoredCheckpoint>> {
-        let rows = sqlx::query(
-            "SELECT tree_size, created_at, note, published_by FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .context("reading checkpoints")?;
+        let rows = sqlx::query("SELECT tree_size, created_at, note, published_by FROM ledger_checkpoints ORDER BY tree_size DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .context("reading checkpoints")?;
         rows.iter()
             .map(|row| {
                 Ok(StoredCheckpoint {

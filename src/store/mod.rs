@@ -45,8 +45,7 @@ impl Store {
         if backend == Backend::Sqlite {
             create_sqlite_parent_dir(url)?;
         }
-        let options = AnyConnectOptions::from_str(url)
-            .with_context(|| format!("parsing database URL {url:?}"))?;
+        let options = AnyConnectOptions::from_str(url).with_context(|| format!("parsing database URL {url:?}"))?;
         let mut pool_options = AnyPoolOptions::new().max_connections(8);
         if backend == Backend::Sqlite {
             pool_options = pool_options.after_connect(|conn, _meta| {
@@ -61,10 +60,7 @@ impl Store {
                 })
             });
         }
-        let pool = pool_options
-            .connect_with(options)
-            .await
-            .with_context(|| format!("connecting to database {}", redact(url)))?;
+        let pool = pool_options.connect_with(options).await.with_context(|| format!("connecting to database {}", redact(url)))?;
         Ok(Store { pool, backend })
     }
 
@@ -92,19 +88,13 @@ impl Store {
 }
 
 fn create_sqlite_parent_dir(url: &str) -> anyhow::Result<()> {
-    let path = url
-        .trim_start_matches("sqlite://")
-        .trim_start_matches("sqlite:")
-        .split('?')
-        .next()
-        .unwrap_or_default();
+    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:").split('?').next().unwrap_or_default();
     if path.is_empty() || path.starts_with(":memory:") {
         return Ok(());
     }
     if let Some(parent) = std::path::Path::new(path).parent() {
         if !parent.as_os_str().is_empty() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating database directory {}", parent.display()))?;
+            std::fs::create_dir_all(parent).with_context(|| format!("creating database directory {}", parent.display()))?;
         }
     }
     Ok(())

@@ -40,7 +40,13 @@ async fn each_role_reaches_its_endpoint_groups_and_no_others() {
         ("registry read", "GET", "/v1/registry/model-cards", None, &["author", "approver", "auditor"]),
         ("registry submit", "POST", "/v1/registry/model-cards", Some(shipped_as_json), &["author"]),
         ("registry approve", "POST", "/v1/registry/model-cards/smollm2-135m-instruct/versions/1/approve", None, &["approver"]),
-        ("policy dry-run", "POST", "/v1/registry/policies/tiergate-default/versions/1/evaluate", Some(json!({"gate": "route", "input": {}})), &["author", "approver", "auditor"]),
+        (
+            "policy dry-run",
+            "POST",
+            "/v1/registry/policies/tiergate-default/versions/1/evaluate",
+            Some(json!({"gate": "route", "input": {}})),
+            &["author", "approver", "auditor"],
+        ),
         ("key management", "GET", "/v1/keys", None, &["admin"]),
         ("review queue", "GET", "/v1/reviews", None, &["reviewer", "auditor"]),
         ("review verdict", "POST", "/v1/reviews/999999/verdict", Some(json!({"verdict": "approve"})), &["reviewer"]),
@@ -235,11 +241,13 @@ async fn no_secret_appears_in_logs_the_ledger_or_responses_after_creation() {
 
     let token = crate::helpers::issue_key_at(&client, &address, admin, json!({"subject": "svc", "roles": ["app"]})).await;
     let (key_id, secret) = token.trim_start_matches("tg_").split_once('.').unwrap();
-    let served = client.post(format!("{address}/v1/chat/completions")).bearer_auth(&token).json(&user_message("support-triage", "Hi")).send().await.unwrap();
+    let served =
+        client.post(format!("{address}/v1/chat/completions")).bearer_auth(&token).json(&user_message("support-triage", "Hi")).send().await.unwrap();
     let forbidden = client.get(format!("{address}/v1/keys")).bearer_auth(&token).send().await.unwrap();
     let auditor = crate::helpers::issue_key_at(&client, &address, admin, json!({"subject": "audit", "roles": ["auditor"]})).await;
     let mut seen = String::new();
-    for (path, key) in [("/v1/keys", admin), ("/v1/keys/me", admin), (&format!("/v1/keys/{key_id}") as &str, admin), ("/v1/ledger/export", &auditor)] {
+    for (path, key) in [("/v1/keys", admin), ("/v1/keys/me", admin), (&format!("/v1/keys/{key_id}") as &str, admin), ("/v1/ledger/export", &auditor)]
+    {
         let response = client.get(format!("{address}{path}")).bearer_auth(key).send().await.unwrap();
         assert_eq!(response.status(), 200, "{path}");
         seen.push_str(&response.text().await.unwrap());

@@ -53,8 +53,7 @@ async fn token_logprobs_are_natural_log_probabilities_and_the_signal_is_their_me
     // A probability is at most 1, so its log is at most 0; JSON has no NaN, so a logprob that
     // is not a number arrives as null and fails here too. (mistral.rs 0.8.1 reported log10 of
     // the raw logit for greedy decoding: positive, or NaN for a negative logit.)
-    let logprobs: Vec<f64> =
-        content.iter().map(|t| t["logprob"].as_f64().unwrap_or_else(|| panic!("logprob is not a number: {t}"))).collect();
+    let logprobs: Vec<f64> = content.iter().map(|t| t["logprob"].as_f64().unwrap_or_else(|| panic!("logprob is not a number: {t}"))).collect();
     assert!(logprobs.iter().all(|l| *l <= 0.0), "{logprobs:?}");
     let mean = logprobs.iter().sum::<f64>() / logprobs.len() as f64;
     let signal = body["tiergate"]["attempts"][0]["mean_logprob"].as_f64().unwrap();
@@ -161,10 +160,20 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_no_ledger_entry() {
         (json!({"model": "no-such-system", "messages": [{"role": "user", "content": "hi"}]}), 404, "unknown_system", "no-such-system"),
         (json!({"model": "support-triage", "messages": []}), 422, "invalid_request", "messages"),
         (json!({"model": "support-triage"}), 422, "invalid_request", "messages"),
-        (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}), 422, "invalid_request", "max_tokens"),
+        (
+            json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}),
+            422,
+            "invalid_request",
+            "max_tokens",
+        ),
         (json!({"model": "support-triage", "messages": [{"role": "user", "content": 5}]}), 422, "invalid_request", "messages[0].content"),
         (json!({"model": "support-triage", "messages": [{"role": "wizard", "content": "hi"}]}), 422, "invalid_request", "messages[0].role"),
-        (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}), 422, "invalid_request", "max_tokens"),
+        (
+            json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}),
+            422,
+            "invalid_request",
+            "max_tokens",
+        ),
         (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "n": 3}), 400, "unsupported_parameter", "n:"),
     ];
 

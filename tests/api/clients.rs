@@ -37,9 +37,8 @@ async fn the_official_openai_sdk_lists_models_chats_streams_and_sees_unsupported
     let base_url = format!("{}/v1", app.address);
     let key = app.app_token.clone();
 
-    let output = tokio::task::spawn_blocking(move || run_python("tests/clients/openai_sdk.py", &tools, &[&base_url, &key, "always-small"]))
-        .await
-        .unwrap();
+    let output =
+        tokio::task::spawn_blocking(move || run_python("tests/clients/openai_sdk.py", &tools, &[&base_url, &key, "always-small"])).await.unwrap();
 
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let seen: Value = serde_json::from_slice(&output.stdout).unwrap();

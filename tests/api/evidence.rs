@@ -44,8 +44,17 @@ async fn compare_measures_small_first_against_large_first_without_touching_the_d
     let workload = workload(&settings.data_dir, "intent", 4);
 
     let report = run(&[
-        "compare", "--config", config.to_str().unwrap(), "--system", "escalate-once", "--workload", workload.to_str().unwrap(),
-        "--format", "json", "--out-dir", out.to_str().unwrap(),
+        "compare",
+        "--config",
+        config.to_str().unwrap(),
+        "--system",
+        "escalate-once",
+        "--workload",
+        workload.to_str().unwrap(),
+        "--format",
+        "json",
+        "--out-dir",
+        out.to_str().unwrap(),
     ]);
 
     let (small, large) = (&report["small_first"], &report["large_first"]);
@@ -84,8 +93,19 @@ async fn a_calibrated_threshold_applied_as_policy_data_reproduces_the_reported_e
     let workload = workload(&settings.data_dir, "fact", 8);
     let calibrate = |target: &str| {
         run(&[
-            "calibrate", "--config", config.to_str().unwrap(), "--system", "truncated-first", "--workload", workload.to_str().unwrap(),
-            "--target-accuracy", target, "--author", "carol", "--format", "json",
+            "calibrate",
+            "--config",
+            config.to_str().unwrap(),
+            "--system",
+            "truncated-first",
+            "--workload",
+            workload.to_str().unwrap(),
+            "--target-accuracy",
+            target,
+            "--author",
+            "carol",
+            "--format",
+            "json",
         ])
     };
 

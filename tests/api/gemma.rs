@@ -36,10 +36,8 @@ async fn gemma3_matches_llama_cpp_on_the_same_file() {
     let _one = ONE_GEMMA_AT_A_TIME.lock().await;
     let settings = test_settings();
     let weights = gemma_card().weights;
-    let path = tokio::task::spawn_blocking(move || ensure_runnable_weights(&weights, &settings.model_cache_dir, &settings.python))
-        .await
-        .unwrap()
-        .unwrap();
+    let path =
+        tokio::task::spawn_blocking(move || ensure_runnable_weights(&weights, &settings.model_cache_dir, &settings.python)).await.unwrap().unwrap();
     let runtime = MistralRuntime::load(&path).await.unwrap();
     let reference: Value = serde_json::from_str(LLAMA_CPP_REFERENCE).unwrap();
     assert_eq!(reference["model_sha256"], GEMMA_SHA256);
@@ -50,12 +48,8 @@ async fn gemma3_matches_llama_cpp_on_the_same_file() {
     for case in cases {
         let prompt = case["prompt"].as_str().unwrap();
         let expected_ids: Vec<u32> = case["prompt_ids"].as_array().unwrap().iter().map(|id| id.as_u64().unwrap() as u32).collect();
-        let expected: Vec<(u32, f32)> = case["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| (t["id"].as_u64().unwrap() as u32, t["logprob"].as_f64().unwrap() as f32))
-            .collect();
+        let expected: Vec<(u32, f32)> =
+            case["tokens"].as_array().unwrap().iter().map(|t| (t["id"].as_u64().unwrap() as u32, t["logprob"].as_f64().unwrap() as f32)).collect();
 
         let (prompt_ids, tokens) = runtime.greedy_token_ids(prompt, 32).await.unwrap();
 
@@ -75,7 +69,10 @@ async fn gemma3_matches_llama_cpp_on_the_same_file() {
 
     first_gaps.sort_by(f32::total_cmp);
     let median_gap = first_gaps[first_gaps.len() / 2];
-    eprintln!("first token agrees for {first_token_agrees} of {}, all 32 for {all_agree}; first-token logprob gaps {first_gaps:?}; largest gap in each shared prefix {prefix_gaps:?}; shared tokens {report:?}", cases.len());
+    eprintln!(
+        "first token agrees for {first_token_agrees} of {}, all 32 for {all_agree}; first-token logprob gaps {first_gaps:?}; largest gap in each shared prefix {prefix_gaps:?}; shared tokens {report:?}",
+        cases.len()
+    );
     assert!(first_token_agrees * 10 >= cases.len() * 9, "the first greedy token agrees for {first_token_agrees} of {}", cases.len());
     assert!(median_gap <= 0.05, "median first-token logprob gap {median_gap}: {first_gaps:?}");
     assert!(all_agree * 2 >= cases.len(), "all 32 tokens agree for {all_agree} of {}: {report:?}", cases.len());

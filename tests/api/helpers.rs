@@ -234,8 +234,7 @@ impl TestApp {
 
     /// A lifecycle step (`approve`, `activate`, `retire`) on a version, as `actor`.
     pub async fn lifecycle(&self, actor: &str, collection: &str, id: &str, version: i64, step: &str) -> reqwest::Response {
-        self.post_as(actor, &format!("/v1/registry/{collection}/{id}/versions/{version}/{step}"), "application/json", String::new())
-            .await
+        self.post_as(actor, &format!("/v1/registry/{collection}/{id}/versions/{version}/{step}"), "application/json", String::new()).await
     }
 
     /// A GET with the auditor key.

@@ -196,7 +196,8 @@ async fn the_response_reports_the_gateways_own_overhead_and_the_cost() {
     let attempts_ms: f64 = body["tiergate"]["attempts"].as_array().unwrap().iter().map(|a| a["latency_ms"].as_f64().unwrap()).sum();
     assert!((attempts_ms - model_ms).abs() < 0.01, "model time is the attempts' time");
     // The small packaged model's card: 0.0002 per 1k prompt tokens, 0.001 per 1k generated.
-    let expected_cost = (body["usage"]["prompt_tokens"].as_f64().unwrap() * 0.0002 + body["usage"]["completion_tokens"].as_f64().unwrap() * 0.001) / 1000.0;
+    let expected_cost =
+        (body["usage"]["prompt_tokens"].as_f64().unwrap() * 0.0002 + body["usage"]["completion_tokens"].as_f64().unwrap() * 0.001) / 1000.0;
     assert!((body["tiergate"]["cost"].as_f64().unwrap() - expected_cost).abs() < 1e-12, "{body}");
 }
 
@@ -292,10 +293,9 @@ async fn the_optional_self_check_asks_the_model_and_hands_p_yes_to_the_accept_ga
              escalation: {{min_mean_logprob: -1000.0, self_check: true{min_yes}}}\n"
         )
     };
-    settings.cards_dirs.push(cards_dir(&[
-        ("checked.yaml", card("self-checked", "")),
-        ("strict.yaml", card("self-checked-strict", ", min_self_check_yes: 1.0")),
-    ]));
+    settings
+        .cards_dirs
+        .push(cards_dir(&[("checked.yaml", card("self-checked", "")), ("strict.yaml", card("self-checked-strict", ", min_self_check_yes: 1.0"))]));
     let app = spawn_app_with(settings).await;
 
     let checked: Value = app.chat(user_message("self-checked", "What is the capital of France?")).await.json().await.unwrap();

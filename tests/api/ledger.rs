@@ -41,10 +41,7 @@ async fn a_served_request_is_recorded_with_every_version_digest_and_decision() {
         assert!(attempt["latency_ms"].as_f64().unwrap() > 0.0);
         // The accept gate's full input is kept, so the decision can be replayed later.
         assert_eq!(attempt["accept"]["input"]["attempt"]["tier"], tier);
-        assert_eq!(
-            attempt["accept"]["input"]["attempt"]["signals"]["mean_logprob"],
-            attempt["signals"]["mean_logprob"]
-        );
+        assert_eq!(attempt["accept"]["input"]["attempt"]["signals"]["mean_logprob"], attempt["signals"]["mean_logprob"]);
     }
     assert_eq!(attempts[0]["accept"]["decision"]["action"], "escalate");
     assert_eq!(attempts[1]["accept"]["decision"]["action"], "accept");
@@ -158,7 +155,8 @@ async fn every_kind_of_tampering_with_an_export_is_detected() {
     let edited = with_lines(vec![lines[1], &lines[2].replace("\"served\"", "\"denied\""), lines[3]]);
     let deleted = with_lines(vec![lines[1], lines[3]]);
     let reordered = with_lines(vec![lines[2], lines[1], lines[3]]);
-    let other_key = CheckpointSigner::load_or_create(&std::env::temp_dir().join(format!("k-{}", uuid::Uuid::new_v4())), "tiergate.local/ledger").unwrap();
+    let other_key =
+        CheckpointSigner::load_or_create(&std::env::temp_dir().join(format!("k-{}", uuid::Uuid::new_v4())), "tiergate.local/ledger").unwrap();
 
     assert_eq!(verify_export(&edited, &key, None), Err(ExportError::Altered { index: 1 }));
     assert!(matches!(verify_export(&deleted, &key, None), Err(ExportError::Index { expected: 1, .. })));
@@ -169,15 +167,11 @@ async fn every_kind_of_tampering_with_an_export_is_detected() {
 
     // Recorded leaves are only trusted when they hash to the signed root: an edit that also
     // rewrites its leaf is still caught, but no longer attributed to one entry.
-    let forged_leaf = tlog_tiles::record_hash(
-        &to_canonical_bytes(&export_entries(&edited).nth(1).unwrap()),
-    );
+    let forged_leaf = tlog_tiles::record_hash(&to_canonical_bytes(&export_entries(&edited).nth(1).unwrap()));
     let edited_line: Value = serde_json::from_str(lines[2]).unwrap();
     let edited_with_leaf = with_lines(vec![
         lines[1],
-        &lines[2]
-            .replace("\"served\"", "\"denied\"")
-            .replace(edited_line["leaf_hash"].as_str().unwrap(), &hex::encode(forged_leaf.0)),
+        &lines[2].replace("\"served\"", "\"denied\"").replace(edited_line["leaf_hash"].as_str().unwrap(), &hex::encode(forged_leaf.0)),
         lines[3],
     ]);
     assert!(matches!(verify_export(&edited_with_leaf, &key, None), Err(ExportError::Root { .. })));
@@ -192,10 +186,7 @@ async fn a_row_edited_directly_in_the_database_file_fails_verification() {
     let store = app.store().await;
     // An attacker with file access can drop the guard triggers; the Merkle tree still catches it.
     drop_ledger_guard(&store, "update").await;
-    sqlx::query("UPDATE ledger_entries SET entry = replace(entry, '\"served\"', '\"denied\"') WHERE idx = 0")
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query("UPDATE ledger_entries SET entry = replace(entry, '\"served\"', '\"denied\"') WHERE idx = 0").execute(store.pool()).await.unwrap();
 
     let (export, key) = export_and_key(&app).await;
     let served: Value = app.get("/v1/ledger/verify").await.json().await.unwrap();
@@ -258,12 +249,20 @@ async fn a_rewritten_history_fails_against_an_earlier_checkpoint_even_when_re_si
     let between: Value = app.get("/v1/ledger/consistency/1?to=2").await.json().await.unwrap();
     let (to_size, to_root) = verify_checkpoint(between["checkpoint"].as_str().unwrap(), &key).unwrap();
     assert_eq!((to_size, to_root), (2, earlier_root), "the tree of 2 is the one the earlier checkpoint signed");
-    assert!(tlog_tiles::check_tree(&hashes_from_hex(&between["proof"]), 2, to_root, 1, tlog_tiles::record_hash(&to_canonical_bytes(&export_entries(&export).next().unwrap()))).is_ok());
+    assert!(
+        tlog_tiles::check_tree(
+            &hashes_from_hex(&between["proof"]),
+            2,
+            to_root,
+            1,
+            tlog_tiles::record_hash(&to_canonical_bytes(&export_entries(&export).next().unwrap()))
+        )
+        .is_ok()
+    );
     assert_eq!(app.get("/v1/ledger/consistency/2?to=9").await.status(), 404);
 
     // An operator with the signing key rewrites entry 0 and re-signs a self-consistent log.
-    let lines: Vec<String> =
-        export_entries(&export).map(|entry| String::from_utf8(to_canonical_bytes(&entry)).unwrap()).collect();
+    let lines: Vec<String> = export_entries(&export).map(|entry| String::from_utf8(to_canonical_bytes(&entry)).unwrap()).collect();
     let rewritten: Vec<String> =
         std::iter::once(lines[0].replace("\"always-small\"", "\"support-triage\"")).chain(lines[1..].iter().cloned()).collect();
     let mut hashes = Vec::<tlog_tiles::Hash>::new();
@@ -316,11 +315,7 @@ async fn when_the_ledger_cannot_write_nothing_is_served() {
 }
 
 fn hashes_from_hex(list: &Value) -> Vec<tlog_tiles::Hash> {
-    list.as_array()
-        .unwrap()
-        .iter()
-        .map(|h| tlog_tiles::Hash(hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap()))
-        .collect()
+    list.as_array().unwrap().iter().map(|h| tlog_tiles::Hash(hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())).collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

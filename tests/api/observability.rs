@@ -242,7 +242,8 @@ async fn spans_of_each_gate_attempt_and_ledger_commit_are_exported_over_otlp_whe
     assert!(served.status().is_success());
 
     // Protobuf carries strings as raw bytes: the names and values can be found in the bodies.
-    let expected = ["otlp-traced-request-7", "route_request", "policy.route", "tier.attempt", "policy.accept", "ledger.commit", "support-triage", "tiergate"];
+    let expected =
+        ["otlp-traced-request-7", "route_request", "policy.route", "tier.attempt", "policy.accept", "ledger.commit", "support-triage", "tiergate"];
     let mut missing = expected.to_vec();
     for _ in 0..100 {
         let bodies = String::from_utf8_lossy(&received.lock().unwrap()).into_owned();

@@ -13,10 +13,17 @@ fn committed_openapi() -> Value {
 fn the_committed_openapi_document_matches_the_code() {
     let generated = serde_json::to_value(tiergate::api::openapi_document()).unwrap();
 
-    assert!(
-        generated == committed_openapi(),
-        "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json`"
-    );
+    assert!(generated == committed_openapi(), "openapi/openapi.json is stale: run `cargo run -- openapi > openapi/openapi.json`");
+}
+
+/// `cargo fmt --check` under the committed rustfmt.toml, run by the test command so that CI
+/// keeps it (the vendored crates keep upstream's formatting and are not workspace members).
+#[test]
+fn the_code_is_formatted() {
+    let output =
+        std::process::Command::new(env!("CARGO")).args(["fmt", "--check"]).current_dir(env!("CARGO_MANIFEST_DIR")).output().expect("cargo fmt runs");
+
+    assert!(output.status.success(), "run `cargo fmt`:\n{}", String::from_utf8_lossy(&output.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread")]

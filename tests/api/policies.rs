@@ -8,9 +8,7 @@ use tiergate::policy::BundleSource;
 use crate::helpers::{TestApp, spawn_app, user_message};
 
 fn shipped_bundle() -> Value {
-    BundleSource::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/tiergate-default"))
-        .unwrap()
-        .to_document()
+    BundleSource::from_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/tiergate-default")).unwrap().to_document()
 }
 
 /// The shipped bundle under another id.
@@ -99,11 +97,11 @@ async fn rego_that_does_not_compile_is_refused_with_module_line_and_column() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dry_run_evaluates_a_gate_for_a_given_input() {
     let app = spawn_app().await;
-    let evaluate = |body: Value| {
-        app.post_as("carol", "/v1/registry/policies/tiergate-default/versions/1/evaluate", "application/json", body.to_string())
-    };
+    let evaluate =
+        |body: Value| app.post_as("carol", "/v1/registry/policies/tiergate-default/versions/1/evaluate", "application/json", body.to_string());
 
-    let blocked = json_of(evaluate(json!({"gate": "route", "input": {"request": {"use_case": "medical-diagnosis"}, "system": {"tier_count": 2}}})).await).await;
+    let blocked =
+        json_of(evaluate(json!({"gate": "route", "input": {"request": {"use_case": "medical-diagnosis"}, "system": {"tier_count": 2}}})).await).await;
     let unsure = json_of(
         evaluate(json!({"gate": "accept", "input": {"request": {}, "system": {"tier_count": 2},
             "attempt": {"tier": 0, "tiers_left": 1, "error": null, "signals": {"mean_logprob": -3.0}}}}))
@@ -148,7 +146,8 @@ async fn replay_reports_where_a_candidate_would_decide_differently_on_recorded_t
     }
     assert_eq!(submit(&app, "alice", &always_escalate("second-opinion")).await.status(), 201);
 
-    let same = json_of(app.post_as("carol", "/v1/registry/policies/tiergate-default/versions/1/replay", "application/json", String::new()).await).await;
+    let same =
+        json_of(app.post_as("carol", "/v1/registry/policies/tiergate-default/versions/1/replay", "application/json", String::new()).await).await;
     let report = app
         .post_as("carol", "/v1/registry/policies/second-opinion/versions/1/replay", "application/json", json!({"system": "always-small"}).to_string())
         .await;
@@ -168,7 +167,9 @@ async fn replay_reports_where_a_candidate_would_decide_differently_on_recorded_t
     assert_eq!(difference["before"]["outcome"], "served");
     assert_eq!(difference["after"]["outcome"], "unrecorded");
     assert_eq!(difference["after"]["steps"][1]["action"], "escalate");
-    let bad_range = app.post_as("carol", "/v1/registry/policies/second-opinion/versions/1/replay", "application/json", json!({"since": "yesterday"}).to_string()).await;
+    let bad_range = app
+        .post_as("carol", "/v1/registry/policies/second-opinion/versions/1/replay", "application/json", json!({"since": "yesterday"}).to_string())
+        .await;
     assert_eq!(bad_range.status(), 422);
 }
 

@@ -175,11 +175,7 @@ async fn a_system_card_may_only_pin_versions_that_exist() {
 async fn a_system_card_is_activated_only_when_everything_it_pins_is_approved() {
     let app = spawn_app().await;
     assert_eq!(app.submit("alice", "model-cards", &model_card("unreviewed")).await.status(), 201);
-    let pinning = ALWAYS_SMALL.replace("id: always-small", "id: pins-a-draft").replacen(
-        "model: smollm2-135m-instruct@1",
-        "model: unreviewed@1",
-        1,
-    );
+    let pinning = ALWAYS_SMALL.replace("id: always-small", "id: pins-a-draft").replacen("model: smollm2-135m-instruct@1", "model: unreviewed@1", 1);
     assert_eq!(app.submit("alice", "system-cards", &pinning).await.status(), 201);
     assert_eq!(app.lifecycle("bob", "system-cards", "pins-a-draft", 1, "approve").await.status(), 200);
 
@@ -217,7 +213,10 @@ async fn activation_changes_what_is_served_and_rollback_restores_it_without_rewr
     let rolled_back = app.post_as("bob", "/v1/registry/system-cards/always-small/rollback", "application/json", String::new()).await;
     assert_eq!(rolled_back.status(), 200);
     let rolled_back = json_of(rolled_back).await;
-    assert_eq!((rolled_back["event"].as_str(), rolled_back["version"].as_i64(), rolled_back["previous_active"].as_i64()), (Some("rolled_back"), Some(1), Some(2)));
+    assert_eq!(
+        (rolled_back["event"].as_str(), rolled_back["version"].as_i64(), rolled_back["previous_active"].as_i64()),
+        (Some("rolled_back"), Some(1), Some(2))
+    );
 
     let third = json_of(app.chat(user_message("always-small", "Name a colour.")).await).await;
     assert_eq!((third["tiergate"]["system"].as_str(), third["tiergate"]["tier_served"].as_u64()), (Some("always-small@1"), Some(0)));
@@ -228,12 +227,8 @@ async fn activation_changes_what_is_served_and_rollback_restores_it_without_rewr
     let listing = json_of(app.get("/v1/registry/system-cards/always-small/versions").await).await;
     let statuses: Vec<&str> = listing["versions"].as_array().unwrap().iter().map(|v| v["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, vec!["active", "approved"]);
-    let moves: Vec<(&str, i64)> = listing["activations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["action"].as_str().unwrap(), m["version"].as_i64().unwrap()))
-        .collect();
+    let moves: Vec<(&str, i64)> =
+        listing["activations"].as_array().unwrap().iter().map(|m| (m["action"].as_str().unwrap(), m["version"].as_i64().unwrap())).collect();
     assert_eq!(moves, vec![("seed", 1), ("activate", 2), ("rollback", 1)]);
     let governance: Vec<String> = governance_entries(&app).await.iter().map(|e| e["event"].as_str().unwrap().to_owned()).collect();
     assert_eq!(governance, vec!["submitted", "approved", "activated", "rolled_back"]);
@@ -253,10 +248,7 @@ async fn a_diff_names_each_changed_path() {
 
     assert_eq!(body["from"]["version"], 1);
     assert_eq!(body["to"]["version"], 2);
-    assert_eq!(
-        body["changes"],
-        json!([{"op": "changed", "path": "/escalation/min_mean_logprob_by_tier/0", "from": -1000.0, "to": 1.0}])
-    );
+    assert_eq!(body["changes"], json!([{"op": "changed", "path": "/escalation/min_mean_logprob_by_tier/0", "from": -1000.0, "to": 1.0}]));
     assert_eq!(app.get("/v1/registry/system-cards/always-small/diff?from=1&to=3").await.status(), 404);
     assert_eq!(app.get("/v1/registry/system-cards/always-small/diff?from=1").await.status(), 422);
 }
@@ -358,7 +350,14 @@ async fn a_model_card_exports_as_a_valid_cyclonedx_ml_bom_and_as_markdown() {
     assert!(markdown.headers()["content-type"].to_str().unwrap().starts_with("text/markdown"));
     let markdown = markdown.text().await.unwrap();
     assert!(markdown.starts_with("# SmolLM2-135M-Instruct (Q4_1 GGUF)\n"), "{markdown}");
-    for expected in ["## Model details", "| Quantization | Q4_1 |", PACKAGED_WEIGHTS_SHA256, "## Bias, risks and limitations", "Frequently wrong", "- Approved by tiergate-shipped"] {
+    for expected in [
+        "## Model details",
+        "| Quantization | Q4_1 |",
+        PACKAGED_WEIGHTS_SHA256,
+        "## Bias, risks and limitations",
+        "Frequently wrong",
+        "- Approved by tiergate-shipped",
+    ] {
         assert!(markdown.contains(expected), "{expected:?} missing:\n{markdown}");
     }
     assert!(!markdown.contains("Runs as (derived)"), "{markdown}");
@@ -371,7 +370,10 @@ async fn a_model_card_exports_as_a_valid_cyclonedx_ml_bom_and_as_markdown() {
     assert_eq!(app.submit("alice", "model-cards", &derived_card).await.status(), 201);
     let bom = json_of(app.get("/v1/registry/model-cards/smollm2-derived/versions/1/cyclonedx").await).await;
     assert!(
-        bom["components"][0]["properties"].as_array().unwrap().contains(&json!({"name": "tiergate:derived_weights_sha256", "value": DERIVED_WEIGHTS_SHA256})),
+        bom["components"][0]["properties"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "tiergate:derived_weights_sha256", "value": DERIVED_WEIGHTS_SHA256})),
         "{bom:#}"
     );
     assert_eq!(bom["components"][0]["hashes"], json!([{"alg": "SHA-256", "content": PACKAGED_WEIGHTS_SHA256}]));
@@ -407,7 +409,12 @@ async fn cards_validate_works_offline_with_the_apis_messages_and_fails_on_any_er
     assert!(printed.contains("good.yaml: ok"), "{printed}");
     let api = json_of(app.submit("alice", "model-cards", &broken).await).await;
     for violation in api["error"]["violations"].as_array().unwrap() {
-        let line = format!("at {}: {} (rule {})", violation["instance_path"].as_str().unwrap(), violation["message"].as_str().unwrap(), violation["schema_path"].as_str().unwrap());
+        let line = format!(
+            "at {}: {} (rule {})",
+            violation["instance_path"].as_str().unwrap(),
+            violation["message"].as_str().unwrap(),
+            violation["schema_path"].as_str().unwrap()
+        );
         assert!(printed.contains(&line), "{line:?} missing from:\n{printed}");
     }
 }

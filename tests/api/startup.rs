@@ -111,8 +111,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 pub fn use_one_model_card(settings: &mut tiergate::config::Settings, model_id: &str, weights_yaml: &str) {
     let cards = settings.data_dir.join("cards");
     std::fs::create_dir_all(&cards).unwrap();
-    let model_card =
-        format!("kind: model-card\nid: {model_id}\nname: {model_id}\nruntime: {{kind: mistralrs-gguf}}\nweights:\n  {weights_yaml}\n");
+    let model_card = format!("kind: model-card\nid: {model_id}\nname: {model_id}\nruntime: {{kind: mistralrs-gguf}}\nweights:\n  {weights_yaml}\n");
     std::fs::write(cards.join("model.yaml"), model_card).unwrap();
     let system_card = format!(
         "kind: system-card\nid: uses-{model_id}\npurpose: test\npolicy: tiergate-default@1\ntiers:\n  - {{name: only, model: {model_id}@1, decoding: {{max_tokens: 8}}}}\n"

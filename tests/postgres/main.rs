@@ -19,6 +19,6 @@ mod ledger;
 mod observability;
 #[path = "../api/policies.rs"]
 mod policies;
-mod replicas;
 #[path = "../api/registry.rs"]
 mod registry;
+mod replicas;

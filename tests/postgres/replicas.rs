@@ -174,7 +174,13 @@ async fn replicas_killed_mid_load_lose_no_acknowledged_entry_and_the_log_still_v
     indexes.dedup();
     assert_eq!(indexes.len(), acked.len(), "no index acknowledged twice");
     for outcome in &acked {
-        assert_eq!(written.get(&outcome.request_id), outcome.acknowledged.as_ref(), "{} acknowledged by {} is in the ledger at its index", outcome.request_id, outcome.replica);
+        assert_eq!(
+            written.get(&outcome.request_id),
+            outcome.acknowledged.as_ref(),
+            "{} acknowledged by {} is in the ledger at its index",
+            outcome.request_id,
+            outcome.replica
+        );
     }
     assert!(acked.iter().any(|o| o.replica == leader), "the killed replica acknowledged requests before it died");
     let lost: Vec<&Outcome> = outcomes.iter().filter(|o| o.acknowledged.is_none()).collect();
