@@ -2,11 +2,13 @@
 //! overhead, tokens and cost per tier, policy evaluation time, ledger commits, queues, errors.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-    core::{AtomicF64, GenericCounterVec},
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::{AtomicF64, Collector, GenericCounterVec},
 };
 
 type FloatCounterVec = GenericCounterVec<AtomicF64>;
+
+const PREFIX: &str = "tiergate";
 
 /// Latency buckets in seconds: sub-millisecond gateway work up to minute-long generations.
 const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
@@ -25,7 +27,10 @@ pub struct Metrics {
     pub policy_seconds: HistogramVec,
     pub ledger_commit_seconds: HistogramVec,
     pub ledger_batch_entries: HistogramVec,
+    pub ledger_commit_failures: IntCounter,
     pub queued: IntGaugeVec,
+    /// 1 while a tier's circuit breaker is open (skipped), else 0; set when scraped.
+    pub circuit_open: IntGaugeVec,
     pub errors: IntCounterVec,
     pub feedback: IntCounterVec,
     pub drift_psi: GaugeVec,
@@ -33,7 +38,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new() -> anyhow::Result<Metrics> {
-        let registry = Registry::new_custom(Some("tiergate".into()), None)?;
+        let registry = Registry::new_custom(Some(PREFIX.into()), None)?;
         let counter = |name: &str, help: &str, labels: &[&str]| -> anyhow::Result<IntCounterVec> {
             let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
             registry.register(Box::new(metric.clone()))?;
@@ -49,6 +54,14 @@ impl Metrics {
         registry.register(Box::new(cost.clone()))?;
         let queued = IntGaugeVec::new(Opts::new("tier_queued_requests", "Requests waiting for a tier"), &["system", "tier"])?;
         registry.register(Box::new(queued.clone()))?;
+        let circuit_open = IntGaugeVec::new(
+            Opts::new("tier_circuit_open", "1 while the tier's circuit breaker is open (the tier is skipped)"),
+            &["system", "tier"],
+        )?;
+        registry.register(Box::new(circuit_open.clone()))?;
+        let ledger_commit_failures =
+            IntCounter::with_opts(Opts::new("ledger_commit_failures_total", "Ledger group commits that failed (nothing in them was committed)"))?;
+        registry.register(Box::new(ledger_commit_failures.clone()))?;
         let drift_psi = GaugeVec::new(
             Opts::new("drift_psi", "Population stability index of a signal's current window against its baseline window"),
             &["system", "signal"],
@@ -71,7 +84,9 @@ impl Metrics {
                 &[],
                 &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0],
             )?,
+            ledger_commit_failures,
             queued,
+            circuit_open,
             errors: counter("errors_total", "Error responses by code", &["code"])?,
             feedback: counter(
                 "feedback_total",
@@ -83,10 +98,59 @@ impl Metrics {
         })
     }
 
+    /// The full name of every metric this gateway exports (`tiergate_…`; histograms without
+    /// their `_bucket`, `_sum` and `_count` series), whether or not it has a sample yet.
+    pub fn names(&self) -> Vec<String> {
+        let collectors: [&dyn Collector; 17] = [
+            &self.requests,
+            &self.escalated,
+            &self.contained,
+            &self.request_seconds,
+            &self.overhead_seconds,
+            &self.tier_seconds,
+            &self.tokens,
+            &self.cost,
+            &self.policy_seconds,
+            &self.ledger_commit_seconds,
+            &self.ledger_batch_entries,
+            &self.ledger_commit_failures,
+            &self.queued,
+            &self.circuit_open,
+            &self.errors,
+            &self.feedback,
+            &self.drift_psi,
+        ];
+        // The registry adds its `tiergate` prefix when it gathers, not in the descriptions.
+        collectors.iter().flat_map(|c| c.desc()).map(|d| format!("{PREFIX}_{}", d.fq_name)).collect()
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> anyhow::Result<String> {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         Ok(String::from_utf8(buffer)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dashboard and the alerting rules shipped in `dashboards/` name only metrics that
+    /// exist: a renamed metric must not leave an empty panel or an alert that never fires.
+    #[test]
+    fn every_metric_the_dashboard_and_the_alerts_name_is_exported() {
+        let exported = Metrics::new().unwrap().names();
+        let shipped = [include_str!("../dashboards/grafana-tiergate.json"), include_str!("../dashboards/alerts.yml")];
+        let named: std::collections::BTreeSet<String> = shipped
+            .iter()
+            .flat_map(|text| text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+            .filter(|word| word.starts_with("tiergate_"))
+            .map(|word| ["_bucket", "_sum", "_count"].iter().fold(word, |w, suffix| w.strip_suffix(suffix).unwrap_or(w)).to_owned())
+            .collect();
+
+        assert!(named.len() >= 15, "the dashboard covers the metrics: {named:?}");
+        let missing: Vec<&String> = named.iter().filter(|name| !exported.contains(name)).collect();
+        assert!(missing.is_empty(), "named but not exported: {missing:?} (exported: {exported:?})");
     }
 }

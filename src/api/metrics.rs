@@ -12,7 +12,7 @@ use actix_web::{
 use super::AppState;
 use crate::{
     error::{ApiError, ErrorCode},
-    routing::drift::SignalDrift,
+    routing::{CircuitState, drift::SignalDrift},
 };
 
 /// Metrics in the Prometheus text format (requests, escalation and containment, latencies,
@@ -24,9 +24,10 @@ use crate::{
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let metrics = state.router.metrics();
-    for (tier, (_, queued)) in state.router.tier_health() {
+    for (tier, (circuit, queued)) in state.router.tier_health() {
         let (system, index) = tier.rsplit_once('/').unwrap_or((tier.as_str(), ""));
         metrics.queued.with_label_values(&[system, index]).set(queued as i64);
+        metrics.circuit_open.with_label_values(&[system, index]).set(i64::from(circuit == CircuitState::Open));
     }
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4; charset=utf-8").body(metrics.render()?))
 }

@@ -372,8 +372,11 @@ impl Ledger {
         tokio::spawn(async move {
             let _writer = writer;
             let (started, entries) = (std::time::Instant::now(), batch.len());
-            commit_batch(&store, batch).await;
+            let committed = commit_batch(&store, batch).await;
             if let Some(metrics) = metrics {
+                if !committed {
+                    metrics.ledger_commit_failures.inc();
+                }
                 metrics.ledger_commit_seconds.with_label_values::<&str>(&[]).observe(started.elapsed().as_secs_f64());
                 metrics.ledger_batch_entries.with_label_values::<&str>(&[]).observe(entries as f64);
             }
@@ -417,13 +420,15 @@ impl Ledger {
 
 /// Commits `batch` in one transaction and answers every caller; on failure nobody's entry
 /// is committed and every caller gets the error.
-async fn commit_batch(store: &Store, batch: Vec<Pending>) {
+/// Commits the batch and answers each caller; false when nothing could be committed.
+async fn commit_batch(store: &Store, batch: Vec<Pending>) -> bool {
     let (drafts, replies): (Vec<EntryDraft>, Vec<_>) = batch.into_iter().map(|p| (p.draft, p.reply)).unzip();
     match write_batch(store, drafts).await {
         Ok(appended) => {
             for (reply, appended) in replies.into_iter().zip(appended) {
                 let _ = reply.send(Ok(appended));
             }
+            true
         }
         Err(error) => {
             tracing::error!(error = ?error, entries = replies.len(), "ledger batch failed; nothing in it was committed");
@@ -431,6 +436,7 @@ async fn commit_batch(store: &Store, batch: Vec<Pending>) {
             for reply in replies {
                 let _ = reply.send(Err(message.clone()));
             }
+            false
         }
     }
 }

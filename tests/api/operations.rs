@@ -26,6 +26,22 @@ fn the_code_is_formatted() {
     assert!(output.status.success(), "run `cargo fmt`:\n{}", String::from_utf8_lossy(&output.stdout));
 }
 
+/// The shipped alerting rules are valid Prometheus rules (promtool, from Debian's prometheus
+/// package, which .ci/run installs when it is missing).
+#[test]
+fn the_alerting_rules_pass_promtool() {
+    let rules = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/alerts.yml");
+    let output = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool runs (apt-get install prometheus; .ci/run does)");
+
+    let report = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{report}");
+    assert!(report.contains("SUCCESS: 6 rules found"), "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_served_openapi_document_is_3_1_and_documents_the_chat_endpoint() {
     let app = spawn_app().await;
