@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         let format = PromptFormat { template: "{{conversation}}".into(), user_prefix: "Q: ".into(), assistant_prefix: "A:".into(), stop: Vec::new() };
         std::sync::Arc::new(LoadedPromptFormat::new(format))
     });
-    let decoding = DecodingProfile { max_tokens, temperature: 0.0, system_prompt: None, prompt_format };
+    let decoding = DecodingProfile { max_tokens, temperature: 0.0, system_prompt: None, prompt_format, top_logprobs: 0 };
     let turn = |text: &str| vec![Turn { role: Role::User, content: text.to_owned() }];
     runtime.generate(&turn("hi"), &DecodingProfile { max_tokens: 4, ..decoding.clone() }).await?; // warm-up
 

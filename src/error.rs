@@ -107,14 +107,19 @@ impl From<LifecycleError> for ApiError {
             LifecycleError::Unprocessable(message) => ApiError::InvalidRequest(message),
             LifecycleError::Card(card) => card.into(),
             LifecycleError::PolicyCompile(error) => ApiError::PolicyCompile(error),
-            LifecycleError::Internal(error) => ApiError::Internal(error),
+            LifecycleError::Internal(error) => ApiError::from(error),
         }
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(error: anyhow::Error) -> Self {
-        ApiError::Internal(error)
+        // A halted ledger is not a fault of this request or a bug: it is the ledger refusing,
+        // by design, to sign or record anything until an operator has looked.
+        match error.chain().find_map(|cause| cause.downcast_ref::<crate::ledger::LedgerHalted>()) {
+            Some(halted) => ApiError::Unavailable(halted.to_string()),
+            None => ApiError::Internal(error),
+        }
     }
 }
 

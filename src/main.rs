@@ -119,6 +119,21 @@ enum LedgerCommand {
         #[arg(long, env = "TIERGATE_DATA_DIR", default_value = "./data")]
         data_dir: PathBuf,
     },
+    /// Re-anchor a ledger that halted because its stored tree contradicts a checkpoint it
+    /// signed (entries removed, a database restored from an older backup, a rewritten
+    /// history): records the incident as a governance entry naming you and your reason, then
+    /// signs the tree as it now is. Run it while the gateway is stopped. Refused when the
+    /// ledger is consistent, or when entries are damaged (restore those from a backup first).
+    Recover {
+        #[command(flatten)]
+        settings: SettingsArgs,
+        /// Who accepts the incident (recorded in the ledger).
+        #[arg(long)]
+        actor: String,
+        /// Why the tree as it is now is accepted (recorded in the ledger).
+        #[arg(long)]
+        reason: String,
+    },
     /// Replace the checkpoint signing key (run while the gateway is stopped). The old public
     /// key is kept so its checkpoints still verify; the old private key is deleted.
     RotateKey {
@@ -151,6 +166,7 @@ async fn main() -> ExitCode {
         Command::Ledger { command: LedgerCommand::Verify { export, key, previous } } => verify_ledger(&export, &key, previous.as_deref()),
         Command::Ledger { command: LedgerCommand::PublicKey { data_dir } } => print_public_key(&data_dir),
         Command::Ledger { command: LedgerCommand::RotateKey { data_dir } } => rotate_key(&data_dir),
+        Command::Ledger { command: LedgerCommand::Recover { settings, actor, reason } } => recover_ledger(&settings, &actor, &reason).await,
         Command::Compare { run, concurrency } => compare(&run, concurrency).await,
         Command::Calibrate { run, target_accuracy, author } => calibrate(&run, target_accuracy, &author).await,
     };
@@ -375,6 +391,21 @@ fn print_public_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let signer = CheckpointSigner::load_or_create(&existing_key_file(data_dir)?, "unused")?;
     println!("{}", signer.verifier_keys());
     Ok(ExitCode::SUCCESS)
+}
+
+async fn recover_ledger(args: &SettingsArgs, actor: &str, reason: &str) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!actor.trim().is_empty() && !reason.trim().is_empty(), "--actor and --reason must say who accepts the incident and why");
+    let settings = Settings::load(args)?;
+    match tiergate::startup::recover_ledger(&settings, actor, reason).await? {
+        Ok((incident, contradiction)) => {
+            println!("recorded the incident as ledger entry {} ({contradiction}); the ledger signs and serves again", incident.index);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refusal) => {
+            eprintln!("nothing done: {refusal}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
 }
 
 fn rotate_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -16,7 +16,7 @@ use crate::{
     access::{Access, NewKey, Role},
     api::{self, ApiDoc, AppState, access::Requirements},
     config::Settings,
-    ledger::{CheckpointSigner, Ledger},
+    ledger::{ANCHOR_FILE, Appended, CheckpointSigner, Contradiction, Ledger},
     metrics::Metrics,
     registry::{ArtifactKind, ArtifactRef, Registry, seed_shipped},
     routing::{DriftSettings, GuardLimits, LoaderSettings, Router, SystemLoader},
@@ -62,11 +62,16 @@ impl Application {
         let signer = CheckpointSigner::load_or_create(&settings.data_dir.join(LEDGER_KEY_FILE), &settings.ledger_origin)?;
         tracing::info!(public_key = %signer.verifier_key, "ledger checkpoints are signed with this key");
         let metrics = Arc::new(Metrics::new()?);
-        let mut ledger = Ledger::new(store.clone(), signer).with_metrics(metrics.clone());
+        let mut ledger = Ledger::new(store.clone(), signer).with_metrics(metrics.clone()).with_anchor_file(settings.data_dir.join(ANCHOR_FILE));
         if let Some(replica) = &settings.replica_id {
             ledger = ledger.with_replica(replica.clone());
         }
         tracing::info!(replica = %ledger.replica(), "replica name in the database");
+        // A ledger that contradicts what it signed serves its read-only endpoints to auditors
+        // and nothing else (readyz says why) until an operator runs `tiergate ledger recover`.
+        if let Some(contradiction) = ledger.check_integrity().await? {
+            tracing::error!(problem = %contradiction, "the ledger contradicts a checkpoint it signed: serving no requests until `tiergate ledger recover`");
+        }
         let ledger = Arc::new(ledger);
         if settings.checkpoint_interval_s > 0 {
             tokio::spawn(publish_checkpoints(ledger.clone(), Duration::from_secs(settings.checkpoint_interval_s)));
@@ -194,6 +199,19 @@ async fn sync_once(router: &Router, registry: &Registry, store: &Store, loader: 
         }
     }
     Ok(())
+}
+
+/// `tiergate ledger recover`: re-anchors a halted ledger on the tree as it is now, recording
+/// the incident in it (see `Ledger::recover`). Run it with the gateway stopped, after looking
+/// at what `/readyz` or `GET /v1/ledger/verify` named; `Err` says why nothing was done.
+pub async fn recover_ledger(settings: &Settings, actor: &str, reason: &str) -> anyhow::Result<Result<(Appended, Contradiction), String>> {
+    let key_file = settings.data_dir.join(LEDGER_KEY_FILE);
+    anyhow::ensure!(key_file.is_file(), "no ledger signing key at {}: is this the gateway's data directory?", key_file.display());
+    let store = Store::connect(&settings.effective_database_url()).await?;
+    store.migrate().await?;
+    let signer = CheckpointSigner::load_or_create(&key_file, &settings.ledger_origin)?;
+    let ledger = Ledger::new(store, signer).with_anchor_file(settings.data_dir.join(ANCHOR_FILE));
+    ledger.recover(actor, reason).await
 }
 
 /// Signs and publishes a checkpoint on a schedule (the first at start-up), for as long as the

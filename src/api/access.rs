@@ -78,9 +78,29 @@ impl Requirements {
         Ok(Requirements(map))
     }
 
+    /// The roles for a route, by actix's pattern for it. A segment with a pattern of its own
+    /// (`{tile:.*}`) is named without it in the document (`{tile}`).
     pub fn roles(&self, method: &Method, pattern: &str) -> Option<&[Role]> {
-        self.0.get(&(method.clone(), pattern.to_owned())).map(Vec::as_slice)
+        self.0.get(&(method.clone(), document_path(pattern))).map(Vec::as_slice)
     }
+}
+
+/// An actix route pattern as the OpenAPI document writes it: `{name:regex}` becomes `{name}`.
+fn document_path(pattern: &str) -> String {
+    let mut path = String::with_capacity(pattern.len());
+    let mut in_regex = false;
+    for c in pattern.chars() {
+        match c {
+            ':' if path.rfind('{') > path.rfind('}') => in_regex = true,
+            '}' if in_regex => {
+                in_regex = false;
+                path.push('}');
+            }
+            _ if in_regex => {}
+            _ => path.push(c),
+        }
+    }
+    path
 }
 
 /// The bearer token of a request, if any.
@@ -154,5 +174,17 @@ impl FromRequest for Actor {
             roles: caller.role_names().into_iter().map(str::to_owned).collect(),
             request_id: current_request_id().unwrap_or_default(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::document_path;
+
+    #[test]
+    fn a_route_pattern_reads_as_its_document_path() {
+        assert_eq!(document_path("/v1/ledger/tlog/tile/{tile:.*}"), "/v1/ledger/tlog/tile/{tile}");
+        assert_eq!(document_path("/v1/cards/{id}/versions/{version}"), "/v1/cards/{id}/versions/{version}");
+        assert_eq!(document_path("/a/{x:[0-9]+}/b:c"), "/a/{x}/b:c");
     }
 }

@@ -19,7 +19,7 @@ use crate::{
 
 /// An OpenAI chat-completions request. OpenAI parameters that tiergate does not implement
 /// (`tools`, `tool_choice`, `functions`, `response_format` other than text, `logit_bias`,
-/// `top_logprobs`, `top_p`, penalties, `stop`, `seed`, `n` > 1, audio, …) are refused with 400
+/// `top_p`, penalties, `stop`, `seed`, `n` > 1, audio, …) are refused with 400
 /// `unsupported_parameter` naming the parameter whenever their value would change the answer;
 /// bookkeeping fields (`store`, `service_tier`, `parallel_tool_calls`) are accepted and have no
 /// effect.
@@ -55,6 +55,11 @@ pub struct ChatCompletionRequest {
     /// Return the served answer's token log-probabilities (`choices[0].logprobs.content`).
     #[serde(default)]
     pub logprobs: Option<bool>,
+    /// With `logprobs`: how many of the most likely tokens to report at each position
+    /// (`top_logprobs` of each token), 0 to 20.
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
+    pub top_logprobs: Option<u8>,
     /// Number of choices; only 1 is supported.
     #[serde(default)]
     pub n: Option<u32>,
@@ -138,15 +143,16 @@ pub struct ChoiceLogprobs {
     pub content: Vec<TokenLogprob>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, PartialEq, Serialize, ToSchema)]
 pub struct TokenLogprob {
     pub token: String,
     pub logprob: f32,
-    /// Alternatives are not reported: always empty.
+    /// The most likely tokens at this position, best first: as many as the request's
+    /// `top_logprobs` asked for (empty when it did not).
     pub top_logprobs: Vec<TopLogprob>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, PartialEq, Serialize, ToSchema)]
 pub struct TopLogprob {
     pub token: String,
     pub logprob: f32,
@@ -298,10 +304,13 @@ pub async fn create_chat_completion(state: web::Data<AppState>, caller: Caller, 
         RoutingError::UnknownSystem(id) => ApiError::UnknownSystem(format!("model: no active system card {id:?}")),
         RoutingError::SystemUnavailable { system, reason } => ApiError::Unavailable(format!("model: system {system} cannot be served: {reason}")),
         RoutingError::InvalidRequest(message) => ApiError::InvalidRequest(message),
-        RoutingError::LedgerUnavailable(cause) => {
-            tracing::error!(error = ?cause, "ledger append failed: refusing to serve");
-            ApiError::Unavailable("the ledger cannot record requests right now; nothing was served".into())
-        }
+        RoutingError::LedgerUnavailable(cause) => match cause.downcast_ref::<crate::ledger::LedgerHalted>() {
+            Some(halted) => ApiError::Unavailable(format!("{halted}; nothing was served")),
+            None => {
+                tracing::error!(error = ?cause, "ledger append failed: refusing to serve");
+                ApiError::Unavailable("the ledger cannot record requests right now; nothing was served".into())
+            }
+        },
         overloaded @ RoutingError::Overloaded { .. } => {
             tracing::warn!(error = %overloaded, "request refused: tier at capacity");
             ApiError::TooManyRequests { code: "overloaded", message: format!("{overloaded}; retry shortly"), retry_after_s: 1 }
@@ -342,7 +351,6 @@ const UNSUPPORTED_PARAMETERS: &[(&str, &[&str])] = &[
     ("function_call", &["\"none\""]),
     ("response_format", &[r#"{"type": "text"}"#]),
     ("logit_bias", &["{}"]),
-    ("top_logprobs", &["0"]),
     ("top_p", &["1"]),
     ("presence_penalty", &["0"]),
     ("frequency_penalty", &["0"]),
@@ -383,12 +391,20 @@ fn unsupported_parameter(body: &serde_json::Map<String, Value>) -> Option<ApiErr
 /// token that ended it (an end-of-turn token, or a stop sequence the answer is cut at), which is
 /// not part of the text. The confidence signal (`mean_logprob`) keeps that token, as the
 /// calibration measured it: how sure the model was that the answer was complete belongs there.
-fn answer_logprobs(answer: &ServedAnswer) -> &[(String, f32)] {
-    let tokens = answer.token_logprobs.as_slice();
-    match tokens.split_last() {
-        Some(((last, _), rest)) if answer.finish_reason == "stop" && !last.is_empty() && !answer.text.ends_with(last.as_str()) => rest,
+fn answer_logprobs(answer: &ServedAnswer) -> Vec<TokenLogprob> {
+    let tokens = answer.tokens.as_slice();
+    let tokens = match tokens.split_last() {
+        Some((last, rest)) if answer.finish_reason == "stop" && !last.token.is_empty() && !answer.text.ends_with(last.token.as_str()) => rest,
         _ => tokens,
-    }
+    };
+    tokens
+        .iter()
+        .map(|t| TokenLogprob {
+            token: t.token.clone(),
+            logprob: t.logprob,
+            top_logprobs: t.alternatives.iter().map(|(token, logprob)| TopLogprob { token: token.clone(), logprob: *logprob }).collect(),
+        })
+        .collect()
 }
 
 /// How the caller wants the answer delivered.
@@ -447,6 +463,13 @@ fn into_domain(request: ChatCompletionRequest, caller: &Caller) -> Result<ChatRe
     if max_tokens == Some(0) {
         return Err(ApiError::InvalidRequest("max_tokens: must be at least 1".into()));
     }
+    let top_logprobs = request.top_logprobs.unwrap_or(0);
+    if top_logprobs > 20 {
+        return Err(ApiError::InvalidRequest(format!("top_logprobs: {top_logprobs} is outside 0..=20")));
+    }
+    if top_logprobs > 0 && request.logprobs != Some(true) {
+        return Err(ApiError::InvalidRequest("top_logprobs: needs \"logprobs\": true".into()));
+    }
     let mut turns = Vec::with_capacity(request.messages.len());
     for (i, message) in request.messages.into_iter().enumerate() {
         let content = match message.content {
@@ -490,7 +513,7 @@ fn into_domain(request: ChatCompletionRequest, caller: &Caller) -> Result<ChatRe
             metadata
         },
     };
-    Ok(ChatRequest { system_id: request.model, turns, max_tokens, temperature: request.temperature, facts })
+    Ok(ChatRequest { system_id: request.model, turns, max_tokens, temperature: request.temperature, top_logprobs, facts })
 }
 
 fn respond(
@@ -533,12 +556,7 @@ fn respond(
             index: 0,
             message: AssistantMessage { role: "assistant".into(), content: answer.text.clone() },
             finish_reason: answer.finish_reason.clone(),
-            logprobs: options.logprobs.then(|| ChoiceLogprobs {
-                content: answer_logprobs(answer)
-                    .iter()
-                    .map(|(token, logprob)| TokenLogprob { token: token.clone(), logprob: *logprob, top_logprobs: Vec::new() })
-                    .collect(),
-            }),
+            logprobs: options.logprobs.then(|| ChoiceLogprobs { content: answer_logprobs(answer) }),
         })
         .into_iter()
         .collect();
@@ -595,22 +613,27 @@ fn respond(
 }
 
 /// The served answer as server-sent events in the OpenAI `chat.completion.chunk` format: the
-/// role, the text in word-sized pieces (their concatenation is exactly the answer), a final
-/// chunk with the finish reason and tiergate's routing metadata, usage if asked, `[DONE]`.
-/// The ledger entry is committed before the first event is produced.
+/// role, the text in pieces whose concatenation is exactly the answer, a final chunk with the
+/// finish reason and tiergate's routing metadata, usage if asked, `[DONE]`. The ledger entry is
+/// committed before the first event is produced.
+///
+/// The pieces are the answer's tokens, each with its logprobs, when logprobs were asked for and
+/// the tokens spell the answer; otherwise words, and any logprobs ride on the first piece (the
+/// OpenAI SDK concatenates the chunks' `logprobs.content`, so the caller gets the same list).
 fn stream_events(body: &ChatCompletionResponse, include_usage: bool) -> serde_json::Result<Vec<String>> {
     let Some(choice) = body.choices.first() else { return Ok(vec!["data: [DONE]\n\n".into()]) };
-    let chunk = |delta: serde_json::Value, finish_reason: Option<&str>| {
-        serde_json::json!({
+    let chunk = |delta: Value, logprobs: Option<&[TokenLogprob]>, finish_reason: Option<&str>| -> serde_json::Result<Value> {
+        let logprobs = logprobs.map(|content| serde_json::to_value(content).map(|content| serde_json::json!({"content": content}))).transpose()?;
+        Ok(serde_json::json!({
             "id": body.id, "object": "chat.completion.chunk", "created": body.created, "model": body.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
-        })
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+        }))
     };
-    let mut events = vec![chunk(serde_json::json!({"role": "assistant", "content": ""}), None)];
-    for piece in word_pieces(&choice.message.content) {
-        events.push(chunk(serde_json::json!({"content": piece}), None));
+    let mut events = vec![chunk(serde_json::json!({"role": "assistant", "content": ""}), None, None)?];
+    for (piece, logprobs) in stream_pieces(&choice.message.content, choice.logprobs.as_ref().map(|l| l.content.as_slice())) {
+        events.push(chunk(serde_json::json!({"content": piece}), logprobs, None)?);
     }
-    let mut last = chunk(serde_json::json!({}), Some(&choice.finish_reason));
+    let mut last = chunk(serde_json::json!({}), None, Some(&choice.finish_reason))?;
     last["tiergate"] = serde_json::to_value(&body.tiergate)?;
     events.push(last);
     if include_usage {
@@ -622,6 +645,22 @@ fn stream_events(body: &ChatCompletionResponse, include_usage: bool) -> serde_js
     let mut lines: Vec<String> = events.iter().map(|e| Ok(format!("data: {}\n\n", serde_json::to_string(e)?))).collect::<serde_json::Result<_>>()?;
     lines.push("data: [DONE]\n\n".into());
     Ok(lines)
+}
+
+/// The streamed pieces of `text`, each with the logprobs it carries (see `stream_events`).
+fn stream_pieces<'a>(text: &'a str, logprobs: Option<&'a [TokenLogprob]>) -> Vec<(&'a str, Option<&'a [TokenLogprob]>)> {
+    match logprobs {
+        Some(tokens) if !tokens.is_empty() && tokens.iter().map(|t| t.token.as_str()).collect::<String>() == text => {
+            tokens.iter().map(|token| (token.token.as_str(), Some(std::slice::from_ref(token)))).collect()
+        }
+        mut pending => {
+            let mut pieces: Vec<_> = word_pieces(text).into_iter().map(|piece| (piece, pending.take())).collect();
+            if let Some(tokens) = pending {
+                pieces.push(("", Some(tokens)));
+            }
+            pieces
+        }
+    }
 }
 
 /// Splits text after each run of whitespace, so that the pieces concatenate to the text.
@@ -644,7 +683,29 @@ fn word_pieces(text: &str) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::word_pieces;
+    use super::{TokenLogprob, stream_pieces, word_pieces};
+
+    fn tokens(texts: &[&str]) -> Vec<TokenLogprob> {
+        texts.iter().map(|t| TokenLogprob { token: (*t).into(), logprob: -0.5, top_logprobs: Vec::new() }).collect()
+    }
+
+    #[test]
+    fn streamed_pieces_are_the_tokens_when_they_spell_the_answer_else_words_with_the_logprobs_first() {
+        let spelled = tokens(&["Par", "is", "."]);
+        let pieces = stream_pieces("Paris.", Some(&spelled));
+        assert_eq!(pieces.iter().map(|(p, _)| *p).collect::<Vec<_>>(), ["Par", "is", "."]);
+        assert!(pieces.iter().zip(&spelled).all(|((_, l), t)| l.unwrap()[0].token == t.token && l.unwrap().len() == 1));
+
+        // A completion cut at its stop sequence and trimmed: the tokens do not spell the text.
+        let trimmed = tokens(&[" Paris", " is", "\n"]);
+        let pieces = stream_pieces("Paris is", Some(&trimmed));
+        assert_eq!(pieces.iter().map(|(p, _)| *p).collect::<String>(), "Paris is");
+        assert_eq!(pieces[0].1.map(<[_]>::len), Some(3), "every logprob, once, on the first piece");
+        assert!(pieces[1..].iter().all(|(_, l)| l.is_none()));
+
+        assert_eq!(stream_pieces("", Some(&trimmed)), vec![("", Some(trimmed.as_slice()))], "no text: the logprobs still arrive");
+        assert!(stream_pieces("a b", None).iter().all(|(_, l)| l.is_none()));
+    }
 
     #[test]
     fn word_pieces_concatenate_to_the_text() {

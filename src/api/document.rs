@@ -4,12 +4,23 @@
 //! operation they apply to: 401 and 403 from the access middleware on secured operations, 400
 //! from the JSON body parser on operations with a JSON body, 404 from the path extractor on
 //! operations with path parameters, 422 from the query extractor on operations with query
-//! parameters (`api::path_config`, `api::query_config`, `api::parse_json_body`).
+//! parameters (`api::path_config`, `api::query_config`, `api::parse_json_body`), and 503 from
+//! a halted ledger on every operation that records or signs (`ledger::LedgerHalted`).
 
 use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
 const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+/// Reads that sign a fresh checkpoint, which a halted ledger refuses.
+const SIGNING_READS: [&str; 6] = [
+    "/v1/ledger/checkpoint",
+    "/v1/ledger/tlog/checkpoint",
+    "/v1/ledger/entries/{index}",
+    "/v1/ledger/export",
+    "/v1/ledger/consistency/{from_size}",
+    "/v1/ledger/bundle",
+];
 
 /// The document with the gaps filled; what is served, committed and read for the role rules.
 pub fn complete(document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
@@ -20,7 +31,7 @@ pub fn complete(document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi 
 
 fn complete_value(document: &mut Value) {
     let Some(paths) = document.get_mut("paths").and_then(Value::as_object_mut) else { return };
-    for item in paths.values_mut() {
+    for (path, item) in paths.iter_mut() {
         let Some(item) = item.as_object_mut() else { continue };
         for (method, operation) in item.iter_mut() {
             if !METHODS.contains(&method.as_str()) {
@@ -41,6 +52,11 @@ fn complete_value(document: &mut Value) {
             }
             if path_parameters {
                 responses.entry("404").or_insert_with(|| error_response("Nothing at this path: an unknown id, or a path segment of the wrong form"));
+            }
+            if method != "get" || SIGNING_READS.contains(&path.as_str()) {
+                responses.entry("503").or_insert_with(|| {
+                    error_response("The ledger cannot record or sign: it is unreachable, or it has halted because the stored tree contradicts a checkpoint it signed (named in the message)")
+                });
             }
             if query_parameters {
                 responses.entry("422").or_insert_with(|| error_response("A query parameter is malformed or out of range, named in the message"));

@@ -20,6 +20,9 @@ pub struct Checks {
     /// Active systems with loaded models and compiled policies.
     systems: Vec<String>,
     ledger_entries: Option<i64>,
+    /// `ok`, or why the ledger halted: the stored tree contradicts a checkpoint it signed, so
+    /// nothing is signed or served until an operator runs `tiergate ledger recover`.
+    ledger_integrity: String,
     /// Every tier (`system/tier`): its circuit breaker and queue. An open circuit means the
     /// tier failed repeatedly and is skipped (the policy decides what happens instead).
     tiers: std::collections::BTreeMap<String, TierHealth>,
@@ -40,8 +43,8 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok".into(), checks: None })
 }
 
-/// Readiness: the database answers, and at least one system is loaded (its models and policy
-/// were loaded and compiled at start-up).
+/// Readiness: the database answers, the ledger extends every checkpoint it signed, and at
+/// least one system is loaded (its models and policy were loaded and compiled at start-up).
 #[utoipa::path(tag = "operations", responses((status = 200, body = Health), (status = 503, body = Health)))]
 #[get("/readyz")]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
@@ -60,7 +63,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
             (tier, TierHealth { circuit, queued })
         })
         .collect();
-    let ready = database == "ok" && !systems.is_empty();
-    let body = Health { status: if ready { "ready" } else { "not_ready" }.into(), checks: Some(Checks { database, systems, ledger_entries, tiers }) };
+    let ledger_integrity = state.router.ledger().contradiction().map_or_else(|| "ok".to_owned(), |c| format!("halted: {c}"));
+    let ready = database == "ok" && ledger_integrity == "ok" && !systems.is_empty();
+    let body = Health {
+        status: if ready { "ready" } else { "not_ready" }.into(),
+        checks: Some(Checks { database, systems, ledger_entries, ledger_integrity, tiers }),
+    };
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }

@@ -17,12 +17,44 @@ use crate::{
 #[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, description = "Signed note", content_type = "text/plain", body = String)))]
 #[get("/v1/ledger/checkpoint")]
 pub async fn get_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    get_checkpoint_note(&state).await
+}
+
+/// The log's checkpoint as C2SP tlog-tiles serves it (`<prefix>/checkpoint`, prefix
+/// `/v1/ledger/tlog`): the same freshly signed and published note as `GET /v1/ledger/checkpoint`.
+#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, description = "Signed note", content_type = "text/plain", body = String)))]
+#[get("/v1/ledger/tlog/checkpoint")]
+pub async fn get_tlog_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    get_checkpoint_note(&state).await
+}
+
+async fn get_checkpoint_note(state: &AppState) -> Result<HttpResponse, ApiError> {
     let ledger = state.router.ledger();
     let note = match ledger.publish_checkpoint().await? {
         Some((_, note)) => note,
         None => ledger.checkpoint().await?.1,
     };
     Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(note))
+}
+
+/// A C2SP tlog-tiles tile (https://c2sp.org/tlog-tiles, height 8): `tile/<L>/<N>[.p/<W>]` is the
+/// hashes at level L, `tile/entries/<N>[.p/<W>]` the entries (each its canonical JSON bytes, the
+/// Merkle leaf data, prefixed by its length as a big-endian 16-bit number). Tiles are immutable
+/// once the tree covers them (cached for a year); 404 for a tile the tree does not hold yet.
+#[utoipa::path(
+    tag = "ledger", security(("api_key" = ["auditor"])),
+    params(("tile" = String, Path, description = "What follows `tile/`: `<L>/<N>[.p/<W>]` or `entries/<N>[.p/<W>]`, N in the spec's `x001/234` form")),
+    responses(
+        (status = 200, description = "Tile data", content_type = "application/octet-stream", body = String),
+        (status = 404, description = "A malformed tile path, or a tile the tree does not hold yet", body = ErrorBody),
+    )
+)]
+#[get("/v1/ledger/tlog/tile/{tile:.*}")]
+pub async fn get_tile(state: web::Data<AppState>, tile: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let path = crate::ledger::TilePath::parse(&tile).map_err(ApiError::NotFound)?;
+    let data =
+        state.router.ledger().tile(path).await?.ok_or_else(|| ApiError::NotFound(format!("tile: the ledger holds no {} yet", path.to_path())))?;
+    Ok(HttpResponse::Ok().content_type("application/octet-stream").insert_header(("Cache-Control", "public, max-age=31536000, immutable")).body(data))
 }
 
 /// The note verifier keys (`<name>+<key id>+<base64 ed25519 public key>`), one per line: the
@@ -67,22 +99,61 @@ pub async fn export(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 #[derive(Serialize, ToSchema)]
 pub struct VerificationBody {
-    /// True when every stored entry hashes to the stored tree.
+    /// True when every stored entry hashes to the stored tree, the stored tree extends every
+    /// checkpoint this ledger signed (and the one given as `checkpoint`, if any).
     pub verified: bool,
     pub tree_size: Option<u64>,
     pub root_hash: Option<String>,
     /// The first problem found, when not verified.
     pub problem: Option<String>,
+    /// Set when the stored tree contradicts a checkpoint the ledger signed: the ledger has
+    /// halted (no signatures, no requests served) until an operator runs `tiergate ledger recover`.
+    pub contradiction: Option<crate::ledger::Contradiction>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyQuery {
+    /// A signed checkpoint you kept (the C2SP note, as `GET /v1/ledger/checkpoint` returned
+    /// it): the stored tree must extend it.
+    pub checkpoint: Option<String>,
 }
 
 /// Verify the stored ledger: recompute every leaf from the stored entries and compare with
-/// the stored Merkle tree. Tampering done directly in the database shows up here.
-#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, body = VerificationBody)))]
+/// the stored Merkle tree, and check that the stored tree extends every checkpoint the ledger
+/// signed before (and the auditor's own, if given). Tampering done directly in the database
+/// shows up here.
+#[utoipa::path(
+    tag = "ledger", security(("api_key" = ["auditor"])), params(VerifyQuery),
+    responses((status = 200, body = VerificationBody), (status = 422, description = "`checkpoint` is not a checkpoint signed by this ledger, or a parameter is malformed", body = ErrorBody))
+)]
 #[get("/v1/ledger/verify")]
-pub async fn verify(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let body = match state.router.ledger().verify().await? {
-        Ok(verified) => VerificationBody { verified: true, tree_size: Some(verified.tree_size), root_hash: Some(verified.root_hash), problem: None },
-        Err(problem) => VerificationBody { verified: false, tree_size: None, root_hash: None, problem: Some(problem.to_string()) },
+pub async fn verify(state: web::Data<AppState>, query: web::Query<VerifyQuery>) -> Result<HttpResponse, ApiError> {
+    let ledger = state.router.ledger();
+    if let Some(note) = &query.checkpoint {
+        crate::ledger::verify_checkpoint(note, &ledger.verifier_key())
+            .map_err(|error| ApiError::InvalidRequest(format!("checkpoint: not a checkpoint signed by this ledger: {error:#}")))?;
+    }
+    let verification = ledger.verify(query.checkpoint.as_deref()).await?;
+    let contradiction = verification.contradiction;
+    let body = match (verification.entries, &contradiction) {
+        (Ok(verified), None) => VerificationBody {
+            verified: true,
+            tree_size: Some(verified.tree_size),
+            root_hash: Some(verified.root_hash),
+            problem: None,
+            contradiction: None,
+        },
+        (Ok(verified), Some(c)) => VerificationBody {
+            verified: false,
+            tree_size: Some(verified.tree_size),
+            root_hash: Some(verified.root_hash),
+            problem: Some(c.to_string()),
+            contradiction,
+        },
+        (Err(problem), _) => {
+            VerificationBody { verified: false, tree_size: None, root_hash: None, problem: Some(problem.to_string()), contradiction }
+        }
     };
     Ok(HttpResponse::Ok().json(body))
 }

@@ -81,6 +81,8 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(ledger::audit_bundle)
         .service(ledger::verify)
         .service(ledger::get_consistency)
+        .service(ledger::get_tlog_checkpoint)
+        .service(ledger::get_tile)
         .service(registry::submit_card)
         .service(registry::list_cards)
         .service(registry::list_versions)

@@ -18,13 +18,19 @@ fn prompt_too_long(message: &str) -> PromptTooLong {
 
 /// A chat or completion answer with its tokens' texts and logprobs.
 fn generation(text: String, finish_reason: String, logprobs: Option<mistralrs_core::Logprobs>, usage: &mistralrs_core::Usage) -> Generation {
-    let (token_texts, token_logprobs) =
-        logprobs.and_then(|l| l.content).map(|tokens| tokens.into_iter().map(|t| (t.token, t.logprob)).unzip()).unwrap_or_default();
+    let tokens = logprobs.and_then(|l| l.content).unwrap_or_default();
+    let token_alternatives = if tokens.iter().any(|t| !t.top_logprobs.is_empty()) {
+        tokens.iter().map(|t| t.top_logprobs.iter().map(|alt| (alt.bytes.clone().unwrap_or_default(), alt.logprob)).collect()).collect()
+    } else {
+        Vec::new()
+    };
+    let (token_texts, token_logprobs) = tokens.into_iter().map(|t| (t.token, t.logprob)).unzip();
     Generation {
         text,
         finish_reason,
         token_logprobs,
         token_texts,
+        token_alternatives,
         prompt_tokens: usage.prompt_tokens as u64,
         completion_tokens: usage.completion_tokens as u64,
         self_check_yes: None,
@@ -36,7 +42,7 @@ fn generation(text: String, finish_reason: String, logprobs: Option<mistralrs_co
 /// scratch across the batch: vendor/mistralrs-core/TIERGATE.md); with that fix, batches are
 /// right with the prefix cache off but still wrong with it on (system-prompt text appears in
 /// answers). Batching is also much slower here, measured with right answers (prefix cache off:
-/// 14-29 tok/s against 55 one at a time; BENCHMARKS.md, session 7). Requests beyond it wait in
+/// 14-29 tok/s against 55 one at a time; BENCHMARKS.md, "Generation is memory-bound…"). Requests beyond it wait in
 /// mistral.rs's queue; tiergate's per-tier queue bounds how many reach it.
 const MAX_RUNNING_SEQUENCES: std::num::NonZeroUsize = std::num::NonZeroUsize::new(1).unwrap();
 
@@ -74,7 +80,7 @@ impl MistralRuntime {
     /// The builder always passes `ModelDType::Auto`, which on a CPU picks BF16 (the first dtype a
     /// test matmul accepts). candle has no SIMD path for BF16 element-wise ops, and every
     /// quantized matmul then converts its input to F32 and its output back; F32 activations
-    /// skip all of that: 1.11-1.14x tokens/s (BENCHMARKS.md, "Session 4"). The weights stay
+    /// skip all of that: 1.11-1.14x tokens/s (BENCHMARKS.md, "Activation dtype, prefix cache…"). The weights stay
     /// quantized either way.
     pub async fn load(weights: &Path) -> anyhow::Result<MistralRuntime> {
         MistralRuntime::load_with_activations(weights, ActivationDtype::F32).await
@@ -154,7 +160,10 @@ impl MistralRuntime {
         // must come before the token limit, or generation runs to the end of the context.
         request =
             if decoding.temperature <= 0.0 { request.set_deterministic_sampler() } else { request.set_sampler_temperature(decoding.temperature) };
-        request = request.return_logprobs(true).set_sampler_max_len(decoding.max_tokens as usize);
+        request = request
+            .return_logprobs(true)
+            .set_sampler_topn_logprobs(usize::from(decoding.top_logprobs))
+            .set_sampler_max_len(decoding.max_tokens as usize);
         let response = self.model.send_chat_request(request).await.map_err(|error| match &error {
             mistralrs::error::Error::RequestValidation(message) if message.starts_with(PROMPT_TOO_LONG) => {
                 anyhow::Error::new(prompt_too_long(message))
@@ -176,6 +185,7 @@ impl MistralRuntime {
             SamplingParams { temperature: Some(decoding.temperature), ..SamplingParams::neutral() }
         };
         sampling.max_len = Some(decoding.max_tokens as usize);
+        sampling.top_n_logprobs = usize::from(decoding.top_logprobs);
         sampling.stop_toks = (!stop.is_empty()).then(|| StopTokens::Seqs(stop.to_vec()));
         let response = self.send_completion(prompt, sampling).await?;
         let choice = response.choices.into_iter().next().context("mistral.rs returned no choice")?;

@@ -2,7 +2,8 @@
 //! - CPU decode attention: with several sequences decoded as one batch, each sequence must get
 //!   the attention of its own keys and values, exactly as when it is decoded alone;
 //! - the sampler: the logprobs it reports are natural-log probabilities under the model,
-//!   ln softmax(logits), greedy or sampled (upstream gave log10 of the raw logit when greedy).
+//!   ln softmax(logits), greedy or sampled (upstream gave log10 of the raw logit when greedy),
+//!   and the alternatives are the model's, not what top-k left of them (upstream: ln 0).
 
 use candle_core::{Device, Tensor};
 use mistralrs_core::layers::{Sdpa, SdpaParams};
@@ -76,7 +77,11 @@ fn reference_log_softmax(logits: &[f32]) -> Vec<f64> {
 }
 
 fn sampler(temperature: Option<f64>, top_n_logprobs: usize) -> mistralrs_core::Sampler {
-    mistralrs_core::Sampler::new(temperature, top_n_logprobs, None, None, None, None, None, -1, 1.0, 0.0, Vec::new()).unwrap()
+    sampler_with_top_k(temperature, top_n_logprobs, -1)
+}
+
+fn sampler_with_top_k(temperature: Option<f64>, top_n_logprobs: usize, top_k: i64) -> mistralrs_core::Sampler {
+    mistralrs_core::Sampler::new(temperature, top_n_logprobs, None, None, None, None, None, top_k, 1.0, 0.0, Vec::new()).unwrap()
 }
 
 fn rng() -> std::sync::Arc<std::sync::Mutex<rand_isaac::Isaac64Rng>> {
@@ -120,5 +125,23 @@ fn a_sampled_token_reports_the_natural_log_of_its_probability_at_that_temperatur
 
         let expected = expected[chosen.token as usize];
         assert!((f64::from(chosen.logprob) - expected).abs() < 1e-5, "token {}: {} vs {expected}", chosen.token, chosen.logprob);
+    }
+}
+
+/// What every greedy request becomes in the engine (`SamplingParams::deterministic`, which the
+/// engine samples at temperature 1 with `top_k` 1): the chosen token is the most likely, and
+/// its alternatives are the model's next most likely tokens with their own probabilities.
+#[test]
+fn a_greedy_request_reports_the_models_alternatives_not_what_top_k_left() {
+    let expected = reference_log_softmax(&LOGITS);
+
+    let chosen = sampler_with_top_k(Some(1.0), 3, 1).sample(Tensor::new(&LOGITS, &Device::Cpu).unwrap(), &[0], true, rng(), false, false).unwrap();
+
+    assert_eq!(chosen.token, 1);
+    assert!((f64::from(chosen.logprob) - expected[1]).abs() < 1e-6, "{} vs {}", chosen.logprob, expected[1]);
+    let top: Vec<(u32, f32)> = chosen.top_logprobs.unwrap().iter().map(|t| (t.token, t.logprob)).collect();
+    assert_eq!(top.iter().map(|(token, _)| *token).collect::<Vec<_>>(), vec![1, 2, 0]);
+    for (token, logprob) in top {
+        assert!((f64::from(logprob) - expected[token as usize]).abs() < 1e-5, "token {token}: {logprob} vs {}", expected[token as usize]);
     }
 }

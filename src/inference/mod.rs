@@ -13,7 +13,7 @@ mod weights;
 pub use mistral::{ActivationDtype, MistralRuntime};
 pub use prompt::{LoadedPromptFormat, PromptFormat};
 pub use remote::RemoteRuntime;
-pub use weights::{WeightsError, ensure_derived, ensure_runnable_weights, ensure_weights, sha256_file};
+pub use weights::{WeightsError, ensure_derived, ensure_python_tools, ensure_runnable_weights, ensure_weights, sha256_file};
 
 use serde::Serialize;
 
@@ -59,6 +59,14 @@ pub struct DecodingProfile {
     /// as its sha256.
     #[serde(rename = "prompt_format_sha256", skip_serializing_if = "Option::is_none")]
     pub prompt_format: Option<std::sync::Arc<LoadedPromptFormat>>,
+    /// How many of the most likely alternatives to report for each generated token (OpenAI's
+    /// `top_logprobs`, 0-20). Reporting them does not change which token is chosen.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub top_logprobs: u8,
+}
+
+fn is_zero(n: &u8) -> bool {
+    *n == 0
 }
 
 /// The prompt does not fit the model's context window. A fault of the request, not of the
@@ -119,6 +127,9 @@ pub struct Generation {
     pub token_logprobs: Vec<f32>,
     /// The chosen tokens' text, parallel to `token_logprobs` (empty when unknown).
     pub token_texts: Vec<String>,
+    /// The most likely tokens at each step with their log-probabilities, best first, parallel
+    /// to `token_logprobs` when `DecodingProfile::top_logprobs` asked for them (else empty).
+    pub token_alternatives: Vec<Vec<(String, f32)>>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
     /// The same model's probability that this answer is correct, when the system asks it
@@ -213,6 +224,7 @@ mod tests {
             completion_tokens: logprobs.len() as u64,
             token_logprobs: logprobs,
             token_texts: Vec::new(),
+            token_alternatives: Vec::new(),
             prompt_tokens: 3,
             self_check_yes: None,
         }

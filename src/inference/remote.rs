@@ -46,13 +46,16 @@ impl RemoteRuntime {
             messages.push(json!({"role": "system", "content": prompt}));
         }
         messages.extend(super::chat_messages(turns));
-        let body = json!({
+        let mut body = json!({
             "model": self.model,
             "messages": messages,
             "max_tokens": decoding.max_tokens,
             "temperature": decoding.temperature,
             "logprobs": true,
         });
+        if decoding.top_logprobs > 0 {
+            body["top_logprobs"] = json!(decoding.top_logprobs);
+        }
         let value = self.post(&body).await?;
         parse_completion(&value).with_context(|| format!("remote tier {}", self.url))
     }
@@ -109,22 +112,30 @@ fn parse_completion(value: &Value) -> anyhow::Result<Generation> {
     let choice = value.pointer("/choices/0").context("the answer has no choices")?;
     let text = choice.pointer("/message/content").and_then(Value::as_str).unwrap_or_default().to_owned();
     let finish_reason = choice.get("finish_reason").and_then(Value::as_str).unwrap_or("unknown").to_owned();
-    let (token_texts, token_logprobs): (Vec<String>, Vec<f32>) = choice
+    let tokens: Vec<&Value> = choice
         .pointer("/logprobs/content")
         .and_then(Value::as_array)
-        .map(|tokens| {
-            tokens
-                .iter()
-                .filter_map(|t| Some((t.get("token").and_then(Value::as_str).unwrap_or_default().to_owned(), t.get("logprob")?.as_f64()? as f32)))
-                .unzip()
-        })
+        .map(|tokens| tokens.iter().filter(|t| t.get("logprob").is_some_and(Value::is_number)).collect())
         .unwrap_or_default();
+    let text_and_logprob = |t: &Value| {
+        (t.get("token").and_then(Value::as_str).unwrap_or_default().to_owned(), t.get("logprob").and_then(Value::as_f64).unwrap_or_default() as f32)
+    };
+    let (token_texts, token_logprobs): (Vec<String>, Vec<f32>) = tokens.iter().map(|t| text_and_logprob(t)).unzip();
+    let alternatives_of = |t: &Value| -> Vec<(String, f32)> {
+        t.get("top_logprobs")
+            .and_then(Value::as_array)
+            .map(|top| top.iter().filter(|a| a.get("logprob").is_some_and(Value::is_number)).map(text_and_logprob).collect())
+            .unwrap_or_default()
+    };
+    let token_alternatives: Vec<Vec<(String, f32)>> =
+        if tokens.iter().any(|t| !alternatives_of(t).is_empty()) { tokens.iter().map(|t| alternatives_of(t)).collect() } else { Vec::new() };
     let usage = |name: &str| value.pointer(&format!("/usage/{name}")).and_then(Value::as_u64).unwrap_or_default();
     Ok(Generation {
         text,
         finish_reason,
         token_logprobs,
         token_texts,
+        token_alternatives,
         prompt_tokens: usage("prompt_tokens"),
         completion_tokens: usage("completion_tokens"),
         self_check_yes: None,
@@ -152,12 +163,26 @@ mod tests {
     }
 
     #[test]
+    fn the_alternatives_of_each_token_are_read_best_first() {
+        let answer = json!({
+            "choices": [{"message": {"content": "Yes"}, "finish_reason": "stop",
+                         "logprobs": {"content": [{"token": "Yes", "logprob": -0.1,
+                                                   "top_logprobs": [{"token": "Yes", "logprob": -0.1}, {"token": "No", "logprob": -2.4}]}]}}]
+        });
+
+        let generation = parse_completion(&answer).unwrap();
+
+        assert_eq!(generation.token_alternatives, vec![vec![("Yes".to_owned(), -0.1), ("No".to_owned(), -2.4)]]);
+    }
+
+    #[test]
     fn an_answer_without_logprobs_has_none() {
         let answer = json!({"choices": [{"message": {"content": "Hi"}, "finish_reason": "length"}]});
 
         let generation = parse_completion(&answer).unwrap();
 
         assert!(generation.token_logprobs.is_empty());
+        assert!(generation.token_alternatives.is_empty());
         assert_eq!(generation.finish_reason, "length");
         assert!(parse_completion(&json!({"choices": []})).is_err());
     }

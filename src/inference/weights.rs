@@ -92,7 +92,7 @@ pub fn ensure_derived(source_path: &Path, derived: &DerivedWeights, cache_dir: &
     }
     let derive_error =
         |detail: String| WeightsError::Derive { source_path: source_path.to_owned(), quantization: derived.quantization.clone(), detail };
-    let tools = ensure_tools(cache_dir, python).map_err(derive_error)?;
+    let tools = ensure_python_tools(cache_dir, python, &GGUF_TOOLS).map_err(derive_error)?;
     let parent = target.parent().ok_or_else(|| WeightsError::Io("cache path has no parent".into()))?;
     std::fs::create_dir_all(parent).map_err(|e| WeightsError::Io(format!("creating {}: {e}", parent.display())))?;
     let staging = parent.join(format!(".derive-{}", uuid::Uuid::new_v4()));
@@ -121,19 +121,24 @@ pub fn ensure_derived(source_path: &Path, derived: &DerivedWeights, cache_dir: &
     result.map(|()| target)
 }
 
-/// The pinned derivation tools, installed once with pip into `cache_dir/tools/<pins>/`.
-fn ensure_tools(cache_dir: &Path, python: &str) -> Result<PathBuf, String> {
-    let tools = cache_dir.join("tools").join(GGUF_TOOLS.join("-").replace("==", "-"));
+/// Python packages from PyPI, pinned with all their dependencies, installed once with pip into
+/// `cache_dir/tools/<first pin>-<hash of the pins>/` (put it on `PYTHONPATH`). Concurrent first
+/// uses each install into a private directory and rename it into place: none sees half an
+/// install. The weights derivation uses it; so do the tests that run Python clients.
+pub fn ensure_python_tools(cache_dir: &Path, python: &str, pins: &[&str]) -> Result<PathBuf, String> {
+    let first = pins.first().ok_or("no packages to install")?;
+    let digest = hex::encode(&Sha256::digest(pins.join("\n").as_bytes())[..4]);
+    let tools = cache_dir.join("tools").join(format!("{}-{digest}", first.replace("==", "-")));
     if tools.is_dir() {
         return Ok(tools);
     }
     let parent = tools.parent().ok_or("tools path has no parent")?;
     std::fs::create_dir_all(parent).map_err(|e| format!("creating {}: {e}", parent.display()))?;
     let staging = parent.join(format!(".install-{}", uuid::Uuid::new_v4()));
-    tracing::info!(tools = ?GGUF_TOOLS, "installing the weights derivation tools with pip (first use)");
-    if let Err(detail) = pip_install_into(python, &staging, &GGUF_TOOLS) {
+    tracing::info!(?pins, "installing Python tools with pip (first use)");
+    if let Err(detail) = pip_install_into(python, &staging, pins) {
         let _ = std::fs::remove_dir_all(&staging);
-        return Err(format!("pip install {}: {detail}", GGUF_TOOLS.join(" ")));
+        return Err(format!("pip install {}: {detail}", pins.join(" ")));
     }
     // Another process may have installed them meanwhile: theirs are as good as ours.
     if std::fs::rename(&staging, &tools).is_err() {

@@ -4,10 +4,14 @@ mod bundle;
 mod checkpoint;
 mod export;
 mod hashes;
+mod integrity;
+mod tiles;
 
 pub use bundle::{BUNDLE_FORMAT, BundleError, verify_bundle};
 pub use checkpoint::{CheckpointSigner, verify_checkpoint};
 pub use export::{EXPORT_FORMAT, ExportError, VerifiedExport, export_entries, verify_export};
+pub use integrity::{ANCHOR_FILE, Anchor, AnchorFile, Contradiction, ContradictionKind};
+pub use tiles::{TILE_HEIGHT, TilePath};
 
 use std::{
     collections::HashMap,
@@ -59,6 +63,35 @@ pub struct Ledger {
     /// This process's name among the replicas sharing the database: it signs the checkpoints
     /// it publishes under it and holds the checkpoint lease by it.
     replica: String,
+    /// The newest signed note, kept outside the database (see `integrity`).
+    anchor_file: Option<AnchorFile>,
+    /// What every signature must extend; held while a signature is checked and made.
+    signing: tokio::sync::Mutex<SigningState>,
+    /// Set when the stored tree contradicts a signed checkpoint: nothing is signed or appended.
+    halted: std::sync::RwLock<Option<Contradiction>>,
+}
+
+#[derive(Debug, Default)]
+struct SigningState {
+    /// The newest tree head signed or anchored; every later signature must extend it.
+    newest: Option<Anchor>,
+    /// Entries below this index were checked against their stored leaves.
+    leaves_checked_to: u64,
+}
+
+/// The stored ledger contradicts a checkpoint it signed: it signs and appends nothing until an
+/// operator runs `tiergate ledger recover`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the ledger contradicts a checkpoint it signed, so it signs and records nothing: {0}; an operator must run `tiergate ledger recover`")]
+pub struct LedgerHalted(pub Contradiction);
+
+/// What `GET /v1/ledger/verify` reports.
+#[derive(Debug)]
+pub struct Verification {
+    /// Every stored entry against the stored tree (and against the auditor's checkpoint, if given).
+    pub entries: Result<VerifiedExport, ExportError>,
+    /// The stored tree against what this ledger signed before; `None` when it extends it.
+    pub contradiction: Option<Contradiction>,
 }
 
 #[derive(Debug)]
@@ -140,7 +173,191 @@ impl Ledger {
             signer,
             metrics: None,
             replica: format!("{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            anchor_file: None,
+            signing: tokio::sync::Mutex::new(SigningState::default()),
+            halted: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Keeps the newest signed note in `path` too (outside the database), so that a database
+    /// rolled back behind the gateway's back is caught. `serve` always sets it.
+    pub fn with_anchor_file(mut self, path: std::path::PathBuf) -> Ledger {
+        self.anchor_file = Some(AnchorFile::new(path));
+        self
+    }
+
+    /// Why the ledger has halted, if it has.
+    pub fn contradiction(&self) -> Option<Contradiction> {
+        self.halted.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    fn halt(&self, contradiction: &Contradiction) {
+        tracing::error!(problem = %contradiction, "the ledger contradicts a checkpoint it signed: halting (no signatures, no appends)");
+        *self.halted.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(contradiction.clone());
+    }
+
+    fn refuse_if_halted(&self) -> anyhow::Result<()> {
+        match self.contradiction() {
+            Some(contradiction) => Err(LedgerHalted(contradiction).into()),
+            None => Ok(()),
+        }
+    }
+
+    /// The signed tree heads the stored tree must extend: the anchor file's, and the newest
+    /// checkpoint published in the database since the last recorded incident.
+    async fn anchors(&self) -> anyhow::Result<Result<Vec<Anchor>, Contradiction>> {
+        let keys = self.signer.verifier_keys();
+        let mut anchors = Vec::new();
+        if let Some(file) = &self.anchor_file {
+            match file.read(&keys) {
+                Ok(anchor) => anchors.extend(anchor),
+                Err(contradiction) => return Ok(Err(contradiction)),
+            }
+        }
+        let since = self.store.ledger_last_incident_time().await?;
+        if let Some(stored) = self.store.ledger_newest_checkpoint_since(since.as_deref()).await? {
+            match verify_checkpoint(&stored.note, &keys) {
+                Ok((size, root)) => {
+                    anchors.push(Anchor { size, root, note: stored.note, source: format!("checkpoint published {}", stored.created_at) })
+                }
+                Err(error) => {
+                    return Ok(Err(integrity::damaged(
+                        format!(
+                            "the checkpoint of {} entries published {} is not signed by this ledger: {error:#}",
+                            stored.tree_size, stored.created_at
+                        ),
+                        None,
+                    )));
+                }
+            }
+        }
+        Ok(Ok(anchors))
+    }
+
+    /// The whole start-up check: every row and hash present, the stored tree extending every
+    /// anchor, and the newest entries (and all the anchors do not cover) hashing to their
+    /// stored leaves. On success the newest anchor is what later signatures must extend.
+    async fn full_check(&self, state: &mut SigningState) -> anyhow::Result<Option<Contradiction>> {
+        let size = self.store.ledger_count().await? as u64;
+        let rows = self.store.ledger_row_count().await? as u64;
+        if rows != size {
+            let missing = self.store.ledger_first_missing_index().await?.map(|i| i as u64);
+            return Ok(Some(integrity::damaged(
+                format!("the ledger has {rows} rows for indexes 0 to {}: entries are missing", size.saturating_sub(1)),
+                missing,
+            )));
+        }
+        let mut anchors = match self.anchors().await? {
+            Ok(anchors) => anchors,
+            Err(contradiction) => return Ok(Some(contradiction)),
+        };
+        // What this process signed counts too (a ledger without an anchor file has only that).
+        anchors.extend(state.newest.clone());
+        for anchor in &anchors {
+            if let Some(contradiction) = integrity::check_extends(&self.store, size, anchor).await? {
+                return Ok(Some(contradiction));
+            }
+        }
+        if let Some(contradiction) = integrity::check_leaves(&self.store, integrity::first_leaf_to_check(size, &anchors), size).await? {
+            return Ok(Some(contradiction));
+        }
+        state.newest = anchors.into_iter().max_by_key(|a| a.size);
+        state.leaves_checked_to = size;
+        Ok(None)
+    }
+
+    /// Checks that the stored ledger extends everything it signed before (run at start-up);
+    /// when it does not, the ledger halts and the contradiction is returned.
+    pub async fn check_integrity(&self) -> anyhow::Result<Option<Contradiction>> {
+        let mut state = self.signing.lock().await;
+        let found = self.full_check(&mut state).await?;
+        if let Some(contradiction) = &found {
+            self.halt(contradiction);
+        }
+        Ok(found)
+    }
+
+    /// Signs the tree of `size` entries with root `root` (read from the stored hashes) if the
+    /// stored tree still extends the newest head signed before, and every entry appended since
+    /// the last signature hashes to its stored leaf; otherwise halts. The newest signed head is
+    /// written to the anchor file before its note is handed out.
+    async fn sign_extending(&self, size: u64, root: Hash) -> anyhow::Result<String> {
+        self.refuse_if_halted()?;
+        let mut state = self.signing.lock().await;
+        let current = self.store.ledger_count().await? as u64;
+        let mut found = match &state.newest {
+            Some(newest) => integrity::check_extends(&self.store, current, newest).await?,
+            None => None,
+        };
+        if found.is_none() {
+            found = integrity::check_leaves(&self.store, state.leaves_checked_to.min(current), current).await?;
+        }
+        if let Some(contradiction) = found {
+            self.halt(&contradiction);
+            return Err(LedgerHalted(contradiction).into());
+        }
+        state.leaves_checked_to = current;
+        let note = self.signer.sign(size, root)?;
+        if state.newest.as_ref().is_none_or(|newest| size > newest.size) {
+            if let Some(file) = self.anchor_file.clone() {
+                let written = note.clone();
+                tokio::task::spawn_blocking(move || file.write(&written)).await.context("writing the ledger anchor")??;
+            }
+            state.newest = Some(Anchor { size, root, note: note.clone(), source: "a checkpoint this process signed".into() });
+        }
+        Ok(note)
+    }
+
+    /// Re-anchors a halted ledger on the tree as it is now, for an operator who has looked at
+    /// the contradiction (`tiergate ledger recover`): appends a governance entry recording the
+    /// incident (what was contradicted, by whom and why it is accepted), then signs and
+    /// publishes a checkpoint of the tree that includes it. Refused when the ledger is
+    /// consistent, or when entries are damaged (altered, or rows or hashes missing): those must
+    /// be restored from a backup or an export first, since the tree cannot be re-anchored on
+    /// entries that do not match their own leaves.
+    pub async fn recover(&self, actor: &str, reason: &str) -> anyhow::Result<Result<(Appended, Contradiction), String>> {
+        let mut state = self.signing.lock().await;
+        let Some(contradiction) = self.full_check(&mut state).await? else {
+            return Ok(Err("the ledger extends every checkpoint it signed: there is nothing to recover".into()));
+        };
+        if contradiction.kind == ContradictionKind::Damaged {
+            return Ok(Err(format!(
+                "{contradiction}: restore the damaged entries from a backup or an export first; `recover` only re-anchors a ledger whose entries are whole"
+            )));
+        }
+        let size = self.store.ledger_count().await? as u64;
+        if let Some(damage) = integrity::check_leaves(&self.store, 0, size).await? {
+            return Ok(Err(format!("{damage}: restore the damaged entries from a backup or an export first")));
+        }
+        let contradicted: Vec<Value> = match self.anchors().await? {
+            Ok(anchors) => anchors
+                .iter()
+                .map(|a| json!({"tree_size": a.size, "root_hash": hex::encode(a.root.0), "source": a.source, "checkpoint": a.note}))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let (_, root_before) = self.tree_head().await?;
+        let draft = EntryDraft {
+            entry_type: "governance",
+            request_id: uuid::Uuid::now_v7().to_string(),
+            system_id: None,
+            outcome: INCIDENT_OUTCOME.into(),
+            body: json!({
+                "event": INCIDENT_OUTCOME,
+                "actor": {"id": actor},
+                "reason": reason,
+                "contradiction": contradiction,
+                "contradicted_checkpoints": contradicted,
+                "accepted_tree": {"tree_size": size, "root_hash": root_before},
+            }),
+        };
+        let appended = write_batch(&self.store, vec![draft]).await?.remove(0);
+        *self.halted.write().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *state = SigningState { newest: None, leaves_checked_to: appended.index + 1 };
+        drop(state);
+        self.publish_checkpoint().await?;
+        tracing::warn!(actor, reason, problem = %contradiction, incident_index = appended.index, "ledger re-anchored after an incident");
+        Ok(Ok((appended, contradiction)))
     }
 
     /// Names this replica (default: process id and a random suffix, unique per start).
@@ -178,8 +395,9 @@ impl Ledger {
 
     /// A freshly signed checkpoint of the current tree: (size, signed note).
     pub async fn checkpoint(&self) -> anyhow::Result<(u64, String)> {
+        self.refuse_if_halted()?;
         let (size, root) = self.tree_head_hash().await?;
-        Ok((size, self.signer.sign(size, root)?))
+        Ok((size, self.sign_extending(size, root).await?))
     }
 
     /// Signs the current tree head and keeps it in the published history (on demand and on
@@ -212,6 +430,7 @@ impl Ledger {
 
     /// Entry `index` with its inclusion proof against a checkpoint of the current tree.
     pub async fn prove(&self, index: u64) -> anyhow::Result<Option<ProvenEntry>> {
+        self.refuse_if_halted()?;
         let mut tx = self.store.begin().await?;
         let size = Store::ledger_size(&mut tx).await? as u64;
         if index >= size {
@@ -230,13 +449,14 @@ impl Ledger {
             tree_size: size,
             root_hash: hex::encode(root.0),
             proof: proof.iter().map(|h| hex::encode(h.0)).collect(),
-            checkpoint: self.signer.sign(size, root)?,
+            checkpoint: self.sign_extending(size, root).await?,
         }))
     }
 
     /// Proof that the tree of `to_size` entries (default: the current tree) extends the tree
     /// of `from_size` entries.
     pub async fn prove_consistency(&self, from_size: u64, to_size: Option<u64>) -> anyhow::Result<Option<ConsistencyProof>> {
+        self.refuse_if_halted()?;
         let mut tx = self.store.begin().await?;
         let current = Store::ledger_size(&mut tx).await? as u64;
         let size = to_size.unwrap_or(current);
@@ -253,7 +473,7 @@ impl Ledger {
             tree_size: size,
             root_hash: hex::encode(root.0),
             proof: proof.iter().map(|h| hex::encode(h.0)).collect(),
-            checkpoint: self.signer.sign(size, root)?,
+            checkpoint: self.sign_extending(size, root).await?,
         }))
     }
 
@@ -302,12 +522,21 @@ impl Ledger {
         Ok(bundle::bundle_document(export, &self.signer.verifier_keys(), artifacts))
     }
 
-    /// Recomputes every leaf from the stored entries and checks them against the stored tree
-    /// (via a freshly signed checkpoint): detects rows edited, removed or reordered in the
-    /// database behind the triggers' back, and names an edited entry by its recorded leaf.
-    pub async fn verify(&self) -> anyhow::Result<Result<VerifiedExport, ExportError>> {
-        let export = self.export().await?;
-        Ok(verify_export(&export, &self.signer.verifier_keys(), None))
+    /// Recomputes every leaf from the stored entries and checks them against the stored tree:
+    /// detects rows edited, removed or reordered in the database behind the triggers' back, and
+    /// names an edited entry by its recorded leaf; with `earlier` (a checkpoint an auditor
+    /// kept), also that the stored tree extends it. And checks the stored tree against what
+    /// this ledger signed before, halting it on a contradiction. Works on a halted ledger: the
+    /// checkpoint it verifies against is signed only for this check and never handed out.
+    pub async fn verify(&self, earlier: Option<&str>) -> anyhow::Result<Verification> {
+        let contradiction = match self.contradiction() {
+            Some(contradiction) => Some(contradiction),
+            None => self.check_integrity().await?,
+        };
+        let (size, root) = self.tree_head_hash().await?;
+        let chunks: Vec<String> = self.export_stream_at(size, self.signer.sign(size, root)?)?.try_collect().await?;
+        let entries = verify_export(&chunks.concat(), &self.signer.verifier_keys(), earlier);
+        Ok(Verification { entries, contradiction })
     }
 
     /// The whole ledger as an export: a header line with the signed checkpoint, then every
@@ -323,6 +552,11 @@ impl Ledger {
     /// export runs are not included.
     pub async fn export_stream(&self) -> anyhow::Result<impl Stream<Item = anyhow::Result<String>> + Send + 'static> {
         let (size, note) = self.checkpoint().await?;
+        self.export_stream_at(size, note)
+    }
+
+    /// The export of the first `size` entries under the signed `note` of that tree.
+    fn export_stream_at(&self, size: u64, note: String) -> anyhow::Result<impl Stream<Item = anyhow::Result<String>> + Send + 'static> {
         let header = export::header_line(size, &note)?;
         let store = self.store.clone();
         let pages = futures::stream::try_unfold(0i64, move |next| {
@@ -359,6 +593,7 @@ impl Ledger {
     /// a batch half-done, and nobody is told "committed" before the commit returns.
     #[tracing::instrument(skip_all, fields(request_id = %draft.request_id, outcome = %draft.outcome))]
     pub async fn append(&self, draft: EntryDraft) -> anyhow::Result<Appended> {
+        self.refuse_if_halted()?;
         let (reply, mut answer) = tokio::sync::oneshot::channel();
         self.queue.lock().map_err(|_| anyhow::anyhow!("ledger queue poisoned"))?.push(Pending { draft, reply });
         let writer = self.append_lock.clone().lock_owned().await;
@@ -390,6 +625,7 @@ impl Ledger {
     /// [`LedgerTransaction::commit`]s it with the entry: both land, or neither. Appends from
     /// other callers wait meanwhile (they take the same writer lock), so keep it short.
     pub async fn begin(&self) -> anyhow::Result<LedgerTransaction> {
+        self.refuse_if_halted()?;
         let writer = self.append_lock.clone().lock_owned().await;
         let tx = self.store.begin_write().await?;
         Ok(LedgerTransaction { _writer: writer, tx })
@@ -409,6 +645,14 @@ impl Ledger {
         Ok((size, root))
     }
 
+    /// A C2SP tlog-tiles tile of the current tree (hashes or an entry bundle), or `None` when
+    /// the tree does not hold it yet. Unsigned data: served even by a halted ledger, so that
+    /// auditors can look.
+    pub async fn tile(&self, path: TilePath) -> anyhow::Result<Option<Vec<u8>>> {
+        let size = self.store.ledger_count().await? as u64;
+        tiles::read_tile(&self.store, size, path).await
+    }
+
     /// The entry at `index` as stored (canonical JSON), if any.
     pub async fn entry(&self, index: u64) -> anyhow::Result<Option<Value>> {
         match self.store.ledger_entry(index as i64).await? {
@@ -417,6 +661,9 @@ impl Ledger {
         }
     }
 }
+
+/// The `outcome` of the governance entry that records a recovered incident.
+pub const INCIDENT_OUTCOME: &str = "ledger_incident";
 
 /// Commits `batch` in one transaction and answers every caller; on failure nobody's entry
 /// is committed and every caller gets the error.

@@ -103,6 +103,7 @@ impl SystemLoader {
                     temperature: tier.decoding.temperature,
                     system_prompt: tier.decoding.system_prompt.clone(),
                     prompt_format: tier.decoding.prompt_format.clone().map(|f| Arc::new(LoadedPromptFormat::new(f))),
+                    top_logprobs: 0,
                 },
                 max_tokens_limit: model_version.document.get("max_tokens_limit").and_then(Value::as_u64).map(|v| v as u32),
                 cost: model.cost.clone(),

@@ -52,6 +52,8 @@ pub struct ChatRequest {
     pub turns: Vec<Turn>,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f64>,
+    /// Alternatives to report per generated token (OpenAI's `top_logprobs`); 0 for none.
+    pub top_logprobs: u8,
     pub facts: RequestFacts,
 }
 
@@ -111,8 +113,17 @@ pub struct ServedAnswer {
     pub finish_reason: String,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
-    /// The chosen tokens and their log-probabilities (token text may be empty when unknown).
-    pub token_logprobs: Vec<(String, f32)>,
+    /// The chosen tokens with their log-probabilities and, when asked, their alternatives
+    /// (token text may be empty when unknown).
+    pub tokens: Vec<TokenChoice>,
+}
+
+/// One generated token: its text, log-probability and the most likely alternatives, best first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenChoice {
+    pub token: String,
+    pub logprob: f32,
+    pub alternatives: Vec<(String, f32)>,
 }
 
 /// Everything the caller learns about how the request was handled.
@@ -316,6 +327,10 @@ impl Router {
 
     #[tracing::instrument(name = "route_request", skip_all, fields(request_id = %request_id, system = %request.system_id, outcome, tier_served, escalated))]
     pub async fn handle(&self, request_id: &str, request: ChatRequest) -> Result<Routed, RoutingError> {
+        // A halted ledger could not record the answer: refuse before any model runs.
+        if let Some(contradiction) = self.ledger.contradiction() {
+            return Err(RoutingError::LedgerUnavailable(crate::ledger::LedgerHalted(contradiction).into()));
+        }
         let system = self.read_systems().get(&request.system_id).cloned().ok_or_else(|| {
             match self.refused.read().unwrap_or_else(PoisonError::into_inner).get(&request.system_id) {
                 Some((version, reason)) => RoutingError::SystemUnavailable { system: version.to_string(), reason: reason.clone() },
@@ -464,6 +479,7 @@ impl Router {
             temperature: request.temperature.unwrap_or(tier.decoding.temperature),
             system_prompt: tier.decoding.system_prompt.clone(),
             prompt_format: tier.decoding.prompt_format.clone(),
+            top_logprobs: request.top_logprobs,
         };
         let started = Instant::now();
         let result = match admission {
@@ -558,7 +574,16 @@ impl Attempt {
             finish_reason: g.finish_reason.clone(),
             prompt_tokens: g.prompt_tokens,
             completion_tokens: g.completion_tokens,
-            token_logprobs: g.token_logprobs.iter().enumerate().map(|(i, l)| (g.token_texts.get(i).cloned().unwrap_or_default(), *l)).collect(),
+            tokens: g
+                .token_logprobs
+                .iter()
+                .enumerate()
+                .map(|(i, logprob)| TokenChoice {
+                    token: g.token_texts.get(i).cloned().unwrap_or_default(),
+                    logprob: *logprob,
+                    alternatives: g.token_alternatives.get(i).cloned().unwrap_or_default(),
+                })
+                .collect(),
         })
     }
 }

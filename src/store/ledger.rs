@@ -292,6 +292,67 @@ impl Store {
         }
     }
 
+    /// Rows in the entries table (equal to `ledger_count` unless rows were deleted).
+    pub async fn ledger_row_count(&self) -> anyhow::Result<i64> {
+        let row =
+            sqlx::query("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM ledger_entries").fetch_one(&self.pool).await.context("counting ledger rows")?;
+        Ok(row.try_get("n")?)
+    }
+
+    /// The lowest index below the ledger's size that has no row.
+    pub async fn ledger_first_missing_index(&self) -> anyhow::Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT CAST(MIN(idx + 1) AS BIGINT) AS missing FROM ledger_entries e
+             WHERE NOT EXISTS (SELECT 1 FROM ledger_entries n WHERE n.idx = e.idx + 1)
+               AND e.idx + 1 < (SELECT MAX(idx) FROM ledger_entries)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .context("finding a missing ledger index")?;
+        let missing: Option<i64> = row.try_get("missing")?;
+        if missing.is_some() {
+            return Ok(missing);
+        }
+        // The gap may be at the start.
+        let row = sqlx::query("SELECT CAST(MIN(idx) AS BIGINT) AS first FROM ledger_entries")
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the first ledger index")?;
+        let first: Option<i64> = row.try_get("first")?;
+        Ok(first.filter(|f| *f > 0).map(|_| 0))
+    }
+
+    /// When the newest recorded ledger incident (`tiergate ledger recover`) was committed.
+    pub async fn ledger_last_incident_time(&self) -> anyhow::Result<Option<String>> {
+        let row = sqlx::query("SELECT MAX(created_at) AS newest FROM ledger_entries WHERE entry_type = 'governance' AND outcome = $1")
+            .bind(crate::ledger::INCIDENT_OUTCOME)
+            .fetch_one(&self.pool)
+            .await
+            .context("reading the last ledger incident")?;
+        Ok(row.try_get("newest")?)
+    }
+
+    /// The largest checkpoint published after `after` (an RFC 3339 time; all when `None`).
+    pub async fn ledger_newest_checkpoint_since(&self, after: Option<&str>) -> anyhow::Result<Option<StoredCheckpoint>> {
+        let row = sqlx::query(
+            "SELECT tree_size, created_at, note, published_by FROM ledger_checkpoints WHERE created_at > $1 ORDER BY tree_size DESC LIMIT 1",
+        )
+        .bind(after.unwrap_or(""))
+        .fetch_optional(&self.pool)
+        .await
+        .context("reading the newest checkpoint")?;
+        row.map(|row| {
+            Ok(StoredCheckpoint {
+                tree_size: row.try_get("tree_size")?,
+                created_at: row.try_get("created_at")?,
+                note: row.try_get("note")?,
+                published_by: row.try_get("published_by")?,
+            })
+        })
+        .transpose()
+        .map_err(|e: sqlx::Error| anyhow::Error::from(e).context("decoding the newest checkpoint"))
+    }
+
     pub async fn ledger_count(&self) -> anyhow::Result<i64> {
         let mut conn = self.pool.acquire().await.context("acquiring connection")?;
         Store::ledger_size(&mut conn).await

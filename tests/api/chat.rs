@@ -175,6 +175,18 @@ async fn bad_input_gets_a_clear_4xx_and_leaves_no_ledger_entry() {
             "max_tokens",
         ),
         (json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "n": 3}), 400, "unsupported_parameter", "n:"),
+        (
+            json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 21}),
+            422,
+            "invalid_request",
+            "top_logprobs: 21",
+        ),
+        (
+            json!({"model": "support-triage", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}),
+            422,
+            "invalid_request",
+            "top_logprobs: needs",
+        ),
     ];
 
     for (request, status, code, named) in cases {
@@ -206,7 +218,6 @@ async fn openai_parameters_tiergate_does_not_implement_are_refused_by_name_not_i
         json!({"tool_choice": "required"}),
         json!({"response_format": {"type": "json_object"}}),
         json!({"logit_bias": {"42": 10}}),
-        json!({"top_logprobs": 3, "logprobs": true}),
         json!({"top_p": 0.5}),
         json!({"stop": ["\n"]}),
         json!({"seed": 7}),

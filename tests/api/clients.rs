@@ -27,13 +27,13 @@ fn run_python(script: &str, tools: &std::path::Path, args: &[&str]) -> std::proc
     std::process::Command::new("python3").arg(script).args(args).env("PYTHONPATH", tools).output().expect("python3 runs")
 }
 
-/// An application written against OpenAI works unchanged: models, chat, streaming; and what
-/// tiergate does not implement reaches it as the SDK's own `BadRequestError`, naming the
-/// parameter.
+/// An application written against OpenAI works unchanged: models, chat with logprobs and their
+/// top alternatives, streaming; and what tiergate does not implement reaches it as the SDK's own
+/// `BadRequestError`, naming the parameter.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_official_openai_sdk_lists_models_chats_streams_and_sees_unsupported_parameters_refused() {
+async fn the_official_openai_sdk_lists_models_chats_with_logprobs_streams_and_sees_unsupported_parameters_refused() {
     let app = spawn_app().await;
-    let tools = tokio::task::spawn_blocking(|| python_tools("openai-sdk", OPENAI_SDK)).await.unwrap();
+    let tools = tokio::task::spawn_blocking(|| python_tools(OPENAI_SDK)).await.unwrap();
     let base_url = format!("{}/v1", app.address);
     let key = app.app_token.clone();
 
@@ -51,40 +51,34 @@ async fn the_official_openai_sdk_lists_models_chats_streams_and_sees_unsupported
     assert_eq!(logprob_text, seen["chat"]["content"].as_str().unwrap(), "one logprob per token of the answer, no end-of-turn token");
     assert_eq!(seen["stream"]["content"], seen["chat"]["content"], "greedy: the stream carries the same answer");
     assert_eq!(seen["stream"]["usage"], seen["chat"]["usage"]);
+    assert_eq!(seen["stream"]["logprob_tokens"], seen["chat"]["logprob_tokens"], "the stream carries the same logprobs");
+    // top_logprobs: five real alternatives per token, best first; greedy, so the chosen token is
+    // the best of them, with the same logprob; and probabilities, so they sum to at most 1.
+    assert_eq!(seen["top_logprobs"]["content"], seen["chat"]["content"], "asking for alternatives does not change the answer");
+    let tokens = seen["top_logprobs"]["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), seen["chat"]["logprob_tokens"].as_array().unwrap().len());
+    for token in tokens {
+        let top = token["top"].as_array().unwrap();
+        assert_eq!(top.len(), 5, "{token}");
+        let logprobs: Vec<f64> = top.iter().map(|alt| alt[1].as_f64().unwrap_or_else(|| panic!("a logprob is a number: {token}"))).collect();
+        assert!(logprobs.windows(2).all(|w| w[0] >= w[1]), "best first: {token}");
+        assert!(logprobs.iter().map(|l| l.exp()).sum::<f64>() <= 1.0 + 1e-4, "{token}");
+        assert_eq!(top[0][0], token["token"], "greedy picks the best alternative: {token}");
+        assert!((logprobs[0] - token["logprob"].as_f64().unwrap()).abs() < 1e-4, "{token}");
+        assert!(logprobs[4] < logprobs[0], "the alternatives are distinct tokens: {token}");
+    }
     for (param, refusal) in seen["refused"].as_object().unwrap() {
         assert_eq!(refusal, &json!({"status": 400, "code": "unsupported_parameter", "param": param}), "{param}");
     }
-    assert_eq!(seen["refused"].as_object().unwrap().len(), 6);
+    assert_eq!(seen["refused"].as_object().unwrap().len(), 5);
 }
 
-/// Python tools from PyPI that tests run against tiergate (validators, SDKs), pinned with all
-/// their dependencies and installed once into the shared cache: `python3 -m <module>` with the
-/// returned directory on `PYTHONPATH`.
-pub fn python_tools(name: &str, pins: &[&str]) -> std::path::PathBuf {
-    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = INSTALLING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+/// Python tools from PyPI that tests run against tiergate (validators, SDKs), installed once
+/// into the shared cache by tiergate's own installer: `python3 -m <module>` with the returned
+/// directory on `PYTHONPATH`.
+pub fn python_tools(pins: &[&str]) -> std::path::PathBuf {
     let settings = tiergate::config::Settings::default();
-    let dir = settings.model_cache_dir.join("tools").join(format!("{name}-{}", hex_digest(&pins.join("\n"))));
-    if dir.is_dir() {
-        return dir;
-    }
-    let staging = dir.with_extension(format!("staging-{}", uuid::Uuid::new_v4()));
-    let output = std::process::Command::new(&settings.python)
-        .args(["-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "--no-input", "--quiet", "--target"])
-        .arg(&staging)
-        .args(pins)
-        .output()
-        .expect("python runs");
-    assert!(output.status.success(), "pip install {pins:?}: {}", String::from_utf8_lossy(&output.stderr));
-    if std::fs::rename(&staging, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    dir
-}
-
-fn hex_digest(text: &str) -> String {
-    use sha2::Digest;
-    hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
+    tiergate::inference::ensure_python_tools(&settings.model_cache_dir, &settings.python, pins).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// schemathesis and what it needs, pinned.
@@ -126,7 +120,7 @@ const SCHEMATHESIS: &[&str] = &[
 async fn schemathesis_finds_no_server_error_undocumented_status_or_body_off_its_schema() {
     let app = spawn_app().await;
     let every_role = app.issue_key(json!({"subject": "schemathesis", "roles": ["admin", "author", "approver", "app", "reviewer", "auditor"]})).await;
-    let tools = tokio::task::spawn_blocking(|| python_tools("schemathesis", SCHEMATHESIS)).await.unwrap();
+    let tools = tokio::task::spawn_blocking(|| python_tools(SCHEMATHESIS)).await.unwrap();
     let report = app.settings.data_dir.join("schemathesis");
     std::fs::create_dir_all(&report).unwrap();
     let args: Vec<String> = [

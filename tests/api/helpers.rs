@@ -58,9 +58,14 @@ impl Drop for PgDatabase {
 /// Removes the trigger that refuses `UPDATE` (or `DELETE`) on ledger rows, as an attacker with
 /// database access could; the trigger layout differs per backend.
 pub async fn drop_ledger_guard(store: &Store, operation: &str) {
+    drop_append_only_guard(store, "ledger_entries", operation).await;
+}
+
+/// `drop_ledger_guard` for any append-only table (`ledger_entries`, `ledger_hashes`, `ledger_checkpoints`).
+pub async fn drop_append_only_guard(store: &Store, table: &str, operation: &str) {
     let statement = match crate::BACKEND {
-        Backend::Sqlite => format!("DROP TRIGGER ledger_entries_are_append_only_{operation}"),
-        Backend::Postgres => "DROP TRIGGER IF EXISTS ledger_entries_are_append_only ON ledger_entries".to_owned(),
+        Backend::Sqlite => format!("DROP TRIGGER IF EXISTS {table}_are_append_only_{operation}"),
+        Backend::Postgres => format!("DROP TRIGGER IF EXISTS {table}_are_append_only ON {table}"),
     };
     sqlx::query(sqlx::AssertSqlSafe(statement)).execute(store.pool()).await.unwrap();
 }

@@ -178,7 +178,7 @@ async fn every_kind_of_tampering_with_an_export_is_detected() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_row_edited_directly_in_the_database_file_fails_verification() {
+async fn a_row_edited_directly_in_the_database_file_fails_verification_and_nothing_more_is_signed() {
     let app = spawn_app().await;
     for question in ["One?", "Two?"] {
         assert_eq!(app.chat(user_message("always-small", question)).await.status(), 200);
@@ -188,13 +188,17 @@ async fn a_row_edited_directly_in_the_database_file_fails_verification() {
     drop_ledger_guard(&store, "update").await;
     sqlx::query("UPDATE ledger_entries SET entry = replace(entry, '\"served\"', '\"denied\"') WHERE idx = 0").execute(store.pool()).await.unwrap();
 
-    let (export, key) = export_and_key(&app).await;
     let served: Value = app.get("/v1/ledger/verify").await.json().await.unwrap();
+    let export = app.get("/v1/ledger/export").await;
 
-    // Offline, with the export alone, the auditor is told which entry changed.
-    assert_eq!(verify_export(&export, &key, None), Err(ExportError::Altered { index: 0 }));
     assert_eq!(served["verified"], false);
     assert!(served["problem"].as_str().unwrap().contains("entry 0 was altered"), "{served}");
+    assert_eq!(served["contradiction"]["kind"], "damaged", "{served}");
+    assert_eq!(served["contradiction"]["first_bad_index"], 0, "{served}");
+    // No checkpoint is signed over the altered entry: not in an export, not anywhere.
+    assert_eq!(export.status(), 503);
+    let body: Value = export.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("entry 0 does not hash to its stored leaf"), "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -351,8 +355,9 @@ async fn concurrent_appends_share_commits_and_form_one_gap_free_verifiable_log()
 
     indexes.sort();
     assert_eq!(indexes, (0..200).collect::<Vec<u64>>());
-    let verified = ledger.verify().await.unwrap().unwrap();
-    assert_eq!(verified.tree_size, 200);
+    let verification = ledger.verify(None).await.unwrap();
+    assert_eq!(verification.contradiction, None);
+    assert_eq!(verification.entries.unwrap().tree_size, 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -543,4 +548,257 @@ async fn after_a_key_rotation_checkpoints_signed_with_the_old_key_still_verify()
     assert_eq!(keys.lines().nth(1).unwrap(), old_key.trim());
     assert!(verify_export(&export, &keys, Some(&old_checkpoint)).is_ok());
     assert!(verify_export(&export, &old_key, None).is_err(), "new checkpoints are not signed with the retired key");
+}
+
+/// Readiness and a chat request on a gateway whose ledger should have halted: both refused,
+/// naming `expected`; the read-only ledger endpoints still answer auditors.
+async fn assert_halted(app: &crate::helpers::TestApp, expected: &str) {
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 503);
+    let ready: Value = ready.json().await.unwrap();
+    assert!(ready["checks"]["ledger_integrity"].as_str().unwrap().contains(expected), "{ready}");
+    let entries_before = app.ledger_count().await;
+    let refused = app.chat(user_message("always-small", "Still there?")).await;
+    assert_eq!(refused.status(), 503);
+    let body: Value = refused.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains(expected), "{body}");
+    assert_eq!(app.get("/v1/ledger/checkpoint").await.status(), 503, "nothing is signed");
+    assert_eq!(app.get("/v1/ledger/entries").await.status(), 200, "auditors can still look");
+    assert_eq!(app.ledger_count().await, entries_before, "nothing is recorded");
+}
+
+/// `tiergate ledger recover` on the app's data directory and database.
+fn recover(app: &crate::helpers::TestApp) -> std::process::Output {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tiergate"));
+    command.args(["ledger", "recover", "--actor", "alice", "--reason", "entry lost in a disk repair; accepted after review", "--data-dir"]);
+    command.arg(&app.settings.data_dir);
+    if let Some(url) = &app.settings.database_url {
+        command.args(["--database-url", url]);
+    }
+    command.output().unwrap()
+}
+
+async fn served_and_signed(app: &crate::helpers::TestApp, questions: &[&str]) {
+    for question in questions {
+        assert_eq!(app.chat(user_message("always-small", question)).await.status(), 200);
+    }
+    // An auditor fetches a checkpoint: the ledger has now signed this tree.
+    assert_eq!(app.get("/v1/ledger/checkpoint").await.status(), 200);
+}
+
+/// The case an auditor found: the newest entry (and its hashes) deleted from a stopped
+/// gateway's database. The ledger must not sign the shorter tree, at run time or at the next
+/// start; an operator's `recover` records the incident and lets it go on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_ledger_missing_its_newest_entry_signs_and_serves_nothing_until_an_operator_recovers_it() {
+    let app = spawn_app().await;
+    served_and_signed(&app, &["One?", "Two?", "Three?"]).await;
+    let store = app.store().await;
+    drop_ledger_guard(&store, "delete").await;
+    crate::helpers::drop_append_only_guard(&store, "ledger_hashes", "delete").await;
+    sqlx::query("DELETE FROM ledger_entries WHERE idx = 2").execute(store.pool()).await.unwrap();
+    sqlx::query("DELETE FROM ledger_hashes WHERE hash_index >= $1")
+        .bind(tlog_tiles::stored_hash_index(0, 2) as i64)
+        .execute(store.pool())
+        .await
+        .unwrap();
+
+    // The running gateway refuses to sign the shorter tree.
+    let refused = app.get("/v1/ledger/checkpoint").await;
+    assert_eq!(refused.status(), 503);
+    assert!(refused.text().await.unwrap().contains("holds 2 entries, but a checkpoint of 3 entries was signed"));
+    // And a fresh start on the same data directory and database does not either.
+    let restarted = crate::helpers::spawn_app_with(app.settings.clone()).await;
+    assert_halted(&restarted, "holds 2 entries, but a checkpoint of 3 entries was signed").await;
+    let verified: Value = restarted.get("/v1/ledger/verify").await.json().await.unwrap();
+    assert_eq!(verified["verified"], false, "{verified}");
+    assert_eq!(verified["contradiction"]["kind"], "shorter");
+    assert_eq!(verified["contradiction"]["first_bad_index"], 2);
+
+    let recovered = recover(&app);
+    assert!(recovered.status.success(), "{}", String::from_utf8_lossy(&recovered.stderr));
+    let after = crate::helpers::spawn_app_with(app.settings.clone()).await;
+    assert_eq!(after.get("/readyz").await.status(), 200);
+    let incident = after.ledger_entry(2).await;
+    assert_eq!(incident["event"], "ledger_incident", "{incident}");
+    assert_eq!(incident["actor"]["id"], "alice");
+    assert_eq!(incident["contradiction"]["kind"], "shorter");
+    assert_eq!(incident["contradicted_checkpoints"][0]["tree_size"], 3, "{incident}");
+    assert_eq!(after.chat(user_message("always-small", "Back?")).await.status(), 200);
+    let verified: Value = after.get("/v1/ledger/verify").await.json().await.unwrap();
+    assert_eq!((verified["verified"].as_bool(), verified["tree_size"].as_u64()), (Some(true), Some(4)), "{verified}");
+    let again = recover(&app);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("nothing to recover"), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_edited_in_place_halts_the_next_start_and_recover_will_not_paper_over_it() {
+    let app = spawn_app().await;
+    served_and_signed(&app, &["One?", "Two?"]).await;
+    let store = app.store().await;
+    drop_ledger_guard(&store, "update").await;
+    sqlx::query("UPDATE ledger_entries SET entry = replace(entry, '\"served\"', '\"denied\"') WHERE idx = 1").execute(store.pool()).await.unwrap();
+
+    let restarted = crate::helpers::spawn_app_with(app.settings.clone()).await;
+
+    assert_halted(&restarted, "entry 1 does not hash to its stored leaf").await;
+    let refused = recover(&app);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("restore the damaged entries from a backup"), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_entry_added_outside_the_ledger_halts_the_next_start() {
+    let app = spawn_app().await;
+    served_and_signed(&app, &["One?", "Two?"]).await;
+    let store = app.store().await;
+    // A row written straight into the table, as a database user could: no stored hashes.
+    sqlx::query(
+        "INSERT INTO ledger_entries (idx, created_at, request_id, entry_type, system_id, outcome, entry, policy, served_tier)
+         SELECT 2, created_at, 'forged', entry_type, system_id, outcome, replace(entry, '\"index\":1', '\"index\":2'), policy, served_tier
+         FROM ledger_entries WHERE idx = 1",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+
+    let restarted = crate::helpers::spawn_app_with(app.settings.clone()).await;
+
+    assert_halted(&restarted, "entry 2 has no stored leaf hash").await;
+}
+
+/// The database restored from a backup older than the newest checkpoint: its own checkpoint
+/// table is as old as its entries, so only the anchor kept outside it (beside the signing key)
+/// can tell. SQLite only: the backup is the database file as `VACUUM INTO` copies it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_database_restored_from_an_older_backup_halts_the_next_start() {
+    if crate::BACKEND == Backend::Postgres {
+        return;
+    }
+    let app = spawn_app().await;
+    served_and_signed(&app, &["One?"]).await;
+    let backup = app.settings.data_dir.join("backup.db");
+    sqlx::query(sqlx::AssertSqlSafe(format!("VACUUM INTO '{}'", backup.display()))).execute(app.store().await.pool()).await.unwrap();
+    served_and_signed(&app, &["Two?", "Three?"]).await;
+
+    let mut restored = app.settings.clone();
+    restored.database_url = Some(format!("sqlite://{}", backup.display()));
+    let restarted = crate::helpers::spawn_app_with(restored).await;
+
+    assert_halted(&restarted, "holds 1 entries, but a checkpoint of 3 entries was signed").await;
+}
+
+/// An auditor's own checkpoint, from before a rewrite, is checked by the verification endpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_verification_endpoint_checks_the_stored_tree_against_an_auditors_checkpoint() {
+    let app = spawn_app().await;
+    served_and_signed(&app, &["One?", "Two?"]).await;
+    let kept = app.get("/v1/ledger/checkpoint").await.text().await.unwrap();
+    assert_eq!(app.chat(user_message("always-small", "Three?")).await.status(), 200);
+    let forged =
+        CheckpointSigner::load_or_create(&app.settings.data_dir.join("other.key"), "elsewhere").unwrap().sign(2, tlog_tiles::Hash([9; 32])).unwrap();
+
+    // Signed with the ledger's own key (an operator who holds it) over another history.
+    let contradicting = CheckpointSigner::load_or_create(&app.settings.data_dir.join("ledger-signing.key"), "unused")
+        .unwrap()
+        .sign(2, tlog_tiles::Hash([9; 32]))
+        .unwrap();
+
+    let query = |note: &str| format!("/v1/ledger/verify?checkpoint={}", urlencoding(note));
+    let extends: Value = app.get(&query(&kept)).await.json().await.unwrap();
+    let contradicted: Value = app.get(&query(&contradicting)).await.json().await.unwrap();
+    let foreign = app.get(&query(&forged)).await;
+
+    assert_eq!((extends["verified"].as_bool(), extends["tree_size"].as_u64()), (Some(true), Some(3)), "{extends}");
+    assert_eq!(contradicted["verified"], false, "{contradicted}");
+    assert!(contradicted["problem"].as_str().unwrap().contains("history was rewritten: the first 2 entries"), "{contradicted}");
+    assert_eq!(foreign.status(), 422);
+    assert!(foreign.text().await.unwrap().contains("checkpoint: not a checkpoint signed by this ledger"));
+}
+
+fn urlencoding(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The log as C2SP tlog-tiles: the tiles the gateway serves rebuild the root of its signed
+/// checkpoint, checked twice: by the `tlog_tiles` crate's authenticating tile reader, and by a
+/// standard-library-only Python mirror (`tests/clients/tlog_tiles_check.py`) that recomputes
+/// RFC 6962 from the entry bundles alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_tiles_the_gateway_serves_rebuild_the_root_of_its_signed_checkpoint() {
+    let app = spawn_app().await;
+    assert_eq!(app.chat(user_message("always-small", "One?")).await.status(), 200);
+    // 300 more entries through the real append path of a second ledger on the same database
+    // (as a second replica would write them): a full tile, a partial one and a level-1 tile.
+    let signer = CheckpointSigner::load_or_create(&app.settings.data_dir.join("ledger-signing.key"), "unused").unwrap();
+    let writer = std::sync::Arc::new(Ledger::new(app.store().await, signer));
+    for i in 0..300 {
+        let draft = tiergate::ledger::EntryDraft {
+            entry_type: "inference",
+            request_id: format!("bulk-{i}"),
+            system_id: None,
+            outcome: "served".into(),
+            body: json!({"n": i}),
+        };
+        writer.append(draft).await.unwrap();
+    }
+    let note = app.get("/v1/ledger/tlog/checkpoint").await.text().await.unwrap();
+    let key = app.get("/v1/ledger/public-key").await.text().await.unwrap();
+    let (size, root) = verify_checkpoint(&note, &key).unwrap();
+    assert_eq!(size, 301);
+
+    let mut tiles = std::collections::HashMap::new();
+    for path in ["0/000", "0/001.p/45", "1/000.p/1"] {
+        let response = app.get(&format!("/v1/ledger/tlog/tile/{path}")).await;
+        assert_eq!(response.status(), 200, "{path}");
+        let tile = tiergate::ledger::TilePath::parse(path).unwrap().tile;
+        tiles.insert(tile, response.bytes().await.unwrap().to_vec());
+    }
+    struct Served(std::collections::HashMap<tlog_tiles::Tile, Vec<u8>>);
+    impl tlog_tiles::TileReader for Served {
+        fn height(&self) -> u8 {
+            8
+        }
+        fn read_tiles(&self, tiles: &[tlog_tiles::Tile]) -> Result<Vec<Vec<u8>>, tlog_tiles::Error> {
+            tiles.iter().map(|t| self.0.get(t).cloned().ok_or(tlog_tiles::Error::InvalidTile)).collect()
+        }
+        fn save_tiles(&self, _: &[tlog_tiles::Tile], _: &[Vec<u8>]) {}
+    }
+    let served = Served(tiles);
+    let reader = tlog_tiles::TileHashReader::new(size, root, &served);
+    // The reader authenticates every tile against the signed root before using it.
+    let proof = tlog_tiles::prove_record(size, 260, &reader).unwrap();
+    let entry_bundle = app.get("/v1/ledger/tlog/tile/entries/001.p/45").await.bytes().await.unwrap();
+    let length = u16::from_be_bytes([entry_bundle[0], entry_bundle[1]]) as usize;
+    let entry_256 = &entry_bundle[2..2 + length];
+    let second_length = u16::from_be_bytes([entry_bundle[2 + length], entry_bundle[3 + length]]) as usize;
+    let entry_257 = &entry_bundle[4 + length..4 + length + second_length];
+    assert!(tlog_tiles::check_record(&proof, size, root, 260, tlog_tiles::record_hash(entry_257)).is_err(), "the proof is for entry 260");
+    assert_eq!(serde_json::from_slice::<Value>(entry_256).unwrap()["index"], 256);
+    let proof_256 = tlog_tiles::prove_record(size, 256, &reader).unwrap();
+    assert!(tlog_tiles::check_record(&proof_256, size, root, 256, tlog_tiles::record_hash(entry_256)).is_ok());
+
+    let tools_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients/tlog_tiles_check.py");
+    let (base, auditor) = (format!("{}/v1/ledger/tlog", app.address), app.auditor_token.clone());
+    let output = tokio::task::spawn_blocking(move || std::process::Command::new("python3").arg(tools_dir).args([&base, &auditor]).output().unwrap())
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let mirrored: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(mirrored["entries"].as_u64(), Some(mirrored["size"].as_u64().unwrap()), "{mirrored}");
+    assert_eq!(mirrored["computed_root"], mirrored["checkpoint_root"], "{mirrored}");
+    assert_eq!(mirrored["level0_tiles_match_entries"], true);
+    assert_eq!(mirrored["first_entry_index"], 0);
+    assert_eq!(mirrored["tile_beyond_the_tree"], 404);
+
+    for (path, status) in [("0/001", 404), ("0/000.p/0", 404), ("nonsense", 404), ("entries/x001/000", 404)] {
+        assert_eq!(app.get(&format!("/v1/ledger/tlog/tile/{path}")).await.status(), status, "{path}");
+    }
+    let anonymous = app.client.get(format!("{}/v1/ledger/tlog/tile/0/000", app.address)).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401, "tiles are for auditors, like every ledger read");
 }

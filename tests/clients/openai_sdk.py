@@ -32,22 +32,30 @@ seen["chat"] = {
     "tier_served": (answer.model_extra or {}).get("tiergate", {}).get("tier_served"),
 }
 
-streamed = client.chat.completions.create(model=system, messages=ask, max_tokens=8, stream=True,
+top = client.chat.completions.create(model=system, messages=ask, max_tokens=8, logprobs=True, top_logprobs=5)
+seen["top_logprobs"] = {
+    "content": top.choices[0].message.content,
+    "tokens": [{"token": t.token, "logprob": t.logprob,
+                "top": [[alt.token, alt.logprob] for alt in t.top_logprobs]} for t in top.choices[0].logprobs.content],
+}
+
+streamed = client.chat.completions.create(model=system, messages=ask, max_tokens=8, stream=True, logprobs=True,
                                           stream_options={"include_usage": True})
-text, usage = "", None
+text, usage, streamed_tokens = "", None, []
 for chunk in streamed:
     if chunk.choices and chunk.choices[0].delta.content:
         text += chunk.choices[0].delta.content
+    if chunk.choices and chunk.choices[0].logprobs and chunk.choices[0].logprobs.content:
+        streamed_tokens += [t.token for t in chunk.choices[0].logprobs.content]
     if chunk.usage:
         usage = chunk.usage.completion_tokens
-seen["stream"] = {"content": text, "usage": usage}
+seen["stream"] = {"content": text, "usage": usage, "logprob_tokens": streamed_tokens}
 
 tool = {"type": "function", "function": {"name": "lookup_order", "parameters": {"type": "object", "properties": {}}}}
 refusals = {
     "tools": {"tools": [tool]},
     "tool_choice": {"tool_choice": "required"},
     "response_format": {"response_format": {"type": "json_object"}},
-    "top_logprobs": {"logprobs": True, "top_logprobs": 5},
     "logit_bias": {"logit_bias": {"42": 5}},
     "n": {"n": 2},
 }

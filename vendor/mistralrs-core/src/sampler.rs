@@ -832,6 +832,23 @@ impl Sampler {
         return_logprobs: bool,
         rng: Arc<Mutex<Isaac64Rng>>,
     ) -> Result<Logprobs> {
+        // tiergate patch: the alternatives are reported from the model's distribution, before
+        // top-k, top-p and min-p zero the rest. Upstream reported them from the filtered one:
+        // with `top_k` 1 (every greedy request: the engine samples it at temperature 1) every
+        // alternative but the chosen token was ln 0. The chosen token's own probability is the
+        // same either way, and so is the token sampled.
+        let alternatives = if return_logprobs && self.top_n_logprobs > 0 {
+            Some(self.get_top_logprobs(probs)?)
+        } else {
+            None
+        };
+        let with_alternatives = |mut sampled: Logprobs| {
+            if alternatives.is_some() {
+                sampled.top_logprobs = alternatives.clone();
+            }
+            sampled
+        };
+
         // Determine how many elements we need for partial sort
         let k = if top_k > 0 {
             top_k as usize
@@ -843,7 +860,7 @@ impl Sampler {
         let idx_probs = partial_sort_top_k(probs, k, true);
 
         if top_p <= 0.0 || top_p >= 1.0 {
-            return self.sample_multinomial(probs, return_logprobs, rng);
+            return self.sample_multinomial(probs, return_logprobs, rng).map(with_alternatives);
         }
 
         // TOP P
@@ -863,7 +880,7 @@ impl Sampler {
         }
 
         if min_p <= 0.0 || min_p >= 1.0 {
-            return self.sample_multinomial(probs, return_logprobs, rng);
+            return self.sample_multinomial(probs, return_logprobs, rng).map(with_alternatives);
         }
 
         // Get max_p from first sorted element
@@ -883,7 +900,7 @@ impl Sampler {
         }
 
         // Sample with clamped probabilities.
-        self.sample_multinomial(probs, return_logprobs, rng)
+        self.sample_multinomial(probs, return_logprobs, rng).map(with_alternatives)
     }
 
     fn apply_penalties(&self, mut logits: Vec<f32>, context: &[u32]) -> Result<Tensor> {

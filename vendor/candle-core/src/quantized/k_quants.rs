@@ -2396,7 +2396,7 @@ static UPSTREAM_QUANTIZED_MATMUL: std::sync::LazyLock<bool> =
 /// tiergate patch: with one input row (generation) each weight row is read once, straight from
 /// memory, and the dot product stalls on its loads; asking for the row `PREFETCH_ROWS` ahead
 /// while this one is computed measured 21-33% more tokens/s end to end on a 2-core VM
-/// (tiergate's BENCHMARKS.md, session 8; 2 and 4 rows ahead alike, 16 worse).
+/// (tiergate's BENCHMARKS.md, "Prefetching weight rows", 2026-11-29; 2 and 4 rows ahead alike, 16 worse).
 /// `CANDLE_PREFETCH_ROWS=0` turns it off, for an A/B in one binary.
 pub(crate) static PREFETCH_ROWS: std::sync::LazyLock<usize> =
     std::sync::LazyLock::new(|| std::env::var("CANDLE_PREFETCH_ROWS").ok().and_then(|v| v.parse().ok()).unwrap_or(4));
