@@ -451,10 +451,10 @@ fn into_domain(request: ChatCompletionRequest, caller: &Caller) -> Result<ChatRe
     if request.messages.is_empty() {
         return Err(ApiError::InvalidRequest("messages: must contain at least one message".into()));
     }
-    if let Some(t) = request.temperature {
-        if !(0.0..=2.0).contains(&t) {
-            return Err(ApiError::InvalidRequest(format!("temperature: {t} is outside 0..=2")));
-        }
+    if let Some(t) = request.temperature
+        && !(0.0..=2.0).contains(&t)
+    {
+        return Err(ApiError::InvalidRequest(format!("temperature: {t} is outside 0..=2")));
     }
     let max_tokens = match (request.max_tokens, request.max_completion_tokens) {
         (Some(a), Some(b)) => Some(a.min(b)),

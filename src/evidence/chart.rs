@@ -3,7 +3,11 @@
 
 use std::fmt::Write;
 
-use super::{Observation, compare::CompareReport, percentile};
+use super::{
+    Observation,
+    compare::{CompareReport, ModeSummary},
+    percentile,
+};
 
 const WIDTH: f64 = 960.0;
 const HEIGHT: f64 = 420.0;
@@ -74,16 +78,15 @@ fn cost_panel(svg: &mut String, report: &CompareReport, left: f64, right: f64) {
     let (top, bottom) = (60.0, HEIGHT - 50.0);
     let _ = write!(svg, r#"<text x="{}" y="46" text-anchor="middle">Per request: cost and model time</text>"#, (left + right) / 2.0);
     let modes = [&report.small_first, &report.large_first];
-    let measures: [(&str, Box<dyn Fn(usize) -> f64>, fn(f64) -> String); 2] = [
-        ("cost", Box::new(|i| modes[i].cost_per_request), |v| format!("{v:.6}")),
-        ("model ms", Box::new(|i| modes[i].model_ms_per_request), |v| format!("{v:.0}")),
-    ];
+    type Measure = (&'static str, fn(&ModeSummary) -> f64, fn(f64) -> String);
+    let measures: [Measure; 2] =
+        [("cost", |mode| mode.cost_per_request, |v| format!("{v:.6}")), ("model ms", |mode| mode.model_ms_per_request, |v| format!("{v:.0}"))];
     let group = (right - left) / measures.len() as f64;
     let _ = write!(svg, r#"<line x1="{left}" x2="{right}" y1="{bottom}" y2="{bottom}" stroke="black"/>"#);
     for (m, (label, value, format)) in measures.iter().enumerate() {
-        let max = (0..modes.len()).map(value).fold(0.0_f64, f64::max);
-        for i in 0..modes.len() {
-            let v = value(i);
+        let max = modes.iter().map(|mode| value(mode)).fold(0.0_f64, f64::max);
+        for (i, mode) in modes.iter().enumerate() {
+            let v = value(mode);
             // The top 40 px stay free for the legend.
             let height = if max > 0.0 { v / max * (bottom - top - 40.0) } else { 0.0 };
             let x = left + group * m as f64 + 15.0 + i as f64 * 50.0;

@@ -25,9 +25,9 @@ fn reference_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f32) -> Vec<f3
     let k = k.to_vec3::<f32>().unwrap(); // (kv heads, kv len, d)
     let v = v.to_vec3::<f32>().unwrap();
     let mut out = Vec::with_capacity(HEADS * HEAD_DIM);
-    for head in 0..HEADS {
+    for (head, q_head) in q.iter().enumerate() {
         let kv_head = head / (HEADS / KV_HEADS);
-        let scores: Vec<f32> = k[kv_head].iter().map(|key| key.iter().zip(&q[head][0]).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+        let scores: Vec<f32> = k[kv_head].iter().map(|key| key.iter().zip(&q_head[0]).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
         let total: f32 = weights.iter().sum();

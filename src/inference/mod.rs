@@ -182,7 +182,7 @@ pub struct Signals {
 }
 
 /// Tokens below this log-probability (ln 0.1) count as low-probability choices.
-const LOW_PROB_LOGPROB: f64 = -2.302_585_092_994_046;
+const LOW_PROB_LOGPROB: f64 = -std::f64::consts::LN_10;
 
 impl Signals {
     pub fn from_generation(generation: &Generation) -> Signals {

@@ -30,10 +30,10 @@ impl TilePath {
             _ => return Err(format!("tile: the level {level:?} is neither 0 to 7 nor \"entries\"")),
         };
         // tlog_tiles panics on a width of 0 instead of refusing it.
-        if let Some((_, width)) = rest.split_once(".p/") {
-            if !matches!(width.parse::<u32>(), Ok(1..=255)) {
-                return Err(format!("tile: the width {width:?} of a partial tile is not 1 to 255"));
-            }
+        if let Some((_, width)) = rest.split_once(".p/")
+            && !matches!(width.parse::<u32>(), Ok(1..=255))
+        {
+            return Err(format!("tile: the width {width:?} of a partial tile is not 1 to 255"));
         }
         // tlog_tiles parses the sumdb form, which names the height as well.
         let tile = Tile::from_path(&format!("tile/{TILE_HEIGHT}/{level}/{rest}")).map_err(|e| format!("tile: {e}"))?;
@@ -110,7 +110,9 @@ mod tests {
 
     #[test]
     fn malformed_tile_paths_are_refused_by_name() {
-        for path in ["", "0", "a/000", "8/000", "99/000", "0/1", "0/000.p/256", "0/000.p/0x", "0/000.p/0", "0/x000/001", "entries/000.p/0", "0/000.p/"] {
+        for path in
+            ["", "0", "a/000", "8/000", "99/000", "0/1", "0/000.p/256", "0/000.p/0x", "0/000.p/0", "0/x000/001", "entries/000.p/0", "0/000.p/"]
+        {
             assert!(TilePath::parse(path).is_err(), "{path}");
         }
     }

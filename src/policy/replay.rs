@@ -83,11 +83,14 @@ pub fn replay<'a>(entries: &'a [Value], candidate: &'a CompiledBundle, prices: &
     compare(entries, &label, prices, |entry| {
         let tier_count = tier_count(entry)?;
         let route = candidate.evaluate(Gate::Route, entry.pointer("/route/input")?, tier_count);
-        let accept: Box<dyn Fn(&Value) -> Option<GateDecision> + 'a> =
+        let accept: AcceptGate<'a> =
             Box::new(move |attempt: &Value| attempt.pointer("/accept/input").map(|input| candidate.evaluate(Gate::Accept, input, tier_count)));
         Some((route, accept))
     })
 }
+
+/// The accept gate's decision on one recorded attempt, as a candidate policy would make it.
+type AcceptGate<'a> = Box<dyn Fn(&Value) -> Option<GateDecision> + 'a>;
 
 /// The shadow report: the decisions a shadow bundle made on live requests (recorded beside
 /// the active policy's, never acted on), compared like a replay.
@@ -98,7 +101,7 @@ pub fn shadow_report(entries: &[Value], shadow: &str, prices: &TierPrices) -> Re
         let accepts: Vec<Option<GateDecision>> =
             entry.pointer("/shadow/accepts").and_then(Value::as_array).map(|a| a.iter().map(decision).collect()).unwrap_or_default();
         let attempts = entry.get("attempts").and_then(Value::as_array).cloned().unwrap_or_default();
-        let accept: Box<dyn Fn(&Value) -> Option<GateDecision>> = Box::new(move |attempt: &Value| {
+        let accept: AcceptGate = Box::new(move |attempt: &Value| {
             let position = attempts.iter().position(|a| a == attempt)?;
             accepts.get(position).cloned().flatten()
         });
@@ -106,7 +109,7 @@ pub fn shadow_report(entries: &[Value], shadow: &str, prices: &TierPrices) -> Re
     })
 }
 
-type Decider<'a> = (GateDecision, Box<dyn Fn(&Value) -> Option<GateDecision> + 'a>);
+type Decider<'a> = (GateDecision, AcceptGate<'a>);
 
 fn compare<'a>(entries: &'a [Value], candidate: &str, prices: &TierPrices, decide: impl Fn(&'a Value) -> Option<Decider<'a>>) -> ReplayReport {
     let mut report = ReplayReport {

@@ -54,12 +54,11 @@ impl TierRoute {
 impl SystemRoute {
     /// Rejects requests this system can never serve, before any model runs.
     pub fn check_request(&self, request: &ChatRequest) -> Result<(), RoutingError> {
-        if let Some(max_tokens) = request.max_tokens {
-            if let Some(limit) = self.tiers.iter().filter_map(|t| t.max_tokens_limit).min() {
-                if max_tokens > limit {
-                    return Err(RoutingError::InvalidRequest(format!("max_tokens: {max_tokens} exceeds this system's limit of {limit}")));
-                }
-            }
+        if let Some(max_tokens) = request.max_tokens
+            && let Some(limit) = self.tiers.iter().filter_map(|t| t.max_tokens_limit).min()
+            && max_tokens > limit
+        {
+            return Err(RoutingError::InvalidRequest(format!("max_tokens: {max_tokens} exceeds this system's limit of {limit}")));
         }
         Ok(())
     }

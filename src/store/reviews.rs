@@ -88,6 +88,7 @@ impl Store {
     }
 
     /// Records a verdict on a pending review; false when it was no longer pending.
+    #[expect(clippy::too_many_arguments, reason = "the columns of one verdict, each named at the call")]
     pub async fn decide_review(
         tx: &mut AnyConnection,
         ledger_index: i64,

@@ -32,11 +32,14 @@ async fn each_role_reaches_its_endpoint_groups_and_no_others() {
         tokens.push(app.issue_key(json!({"subject": format!("{role}-person"), "roles": [role]})).await);
     }
     let shipped_as_json: Value = yaml_serde::from_str(SHIPPED_MODEL_CARD).unwrap();
-    // (group, method, path, body, the roles allowed)
-    let groups: Vec<(&str, &str, &str, Option<Value>, &[&str])> = vec![
+    /// (group, method, path, body, the roles allowed)
+    type Case<'a> = (&'a str, &'a str, &'a str, Option<Value>, &'a [&'a str]);
+    let groups: Vec<Case> = vec![
         ("inference", "POST", "/v1/chat/completions", Some(user_message("always-small", "Hi")), &["app"]),
         ("ledger", "GET", "/v1/ledger/checkpoint", None, &["auditor"]),
         ("ledger export", "GET", "/v1/ledger/export", None, &["auditor"]),
+        // A route whose last segment is a pattern of its own (`{tile:.*}`).
+        ("ledger tiles", "GET", "/v1/ledger/tlog/tile/entries/000.p/1", None, &["auditor"]),
         ("registry read", "GET", "/v1/registry/model-cards", None, &["author", "approver", "auditor"]),
         ("registry submit", "POST", "/v1/registry/model-cards", Some(shipped_as_json), &["author"]),
         ("registry approve", "POST", "/v1/registry/model-cards/smollm2-135m-instruct/versions/1/approve", None, &["approver"]),

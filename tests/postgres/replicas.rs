@@ -187,7 +187,7 @@ async fn replicas_killed_mid_load_lose_no_acknowledged_entry_and_the_log_still_v
     assert!(!lost.is_empty() && lost.iter().all(|o| o.replica == leader), "only requests to the killed replica failed");
     // Entries beyond the acknowledged ones can only be requests the killed replica committed
     // but could not answer.
-    for (request_id, _) in &written {
+    for request_id in written.keys() {
         assert!(outcomes.iter().any(|o| &o.request_id == request_id), "unexpected entry {request_id}");
     }
     let unanswered = written.keys().filter(|id| lost.iter().any(|o| &o.request_id == *id)).count();
