@@ -27,14 +27,22 @@ fn the_code_is_formatted() {
 }
 
 /// `cargo clippy --all-targets -- -D warnings` on tiergate's own crate (dependencies are not
-/// linted), run by the test command so that CI keeps it. In a target directory of its own
-/// (`<target>/clippy`): run from a test, cargo's environment differs from a plain build's, and
-/// build scripts that watch environment variables (ring's) would re-run and make the next test
-/// build recompile everything above them.
+/// linted), run by the test command so that CI keeps it. It shares the test build's target
+/// directory (cargo has released its lock by the time tests run), so only a metadata pass over
+/// the dependencies is added. The variables cargo sets for a test (`CARGO_PKG_NAME`,
+/// `CARGO_MANIFEST_DIR`, …) are removed: build scripts that watch them (ring's) would otherwise
+/// re-run and make the next test build recompile everything above them.
 #[test]
 fn clippy_finds_nothing() {
-    let target_dir = std::env::current_exe().unwrap().ancestors().nth(3).expect("the test binary lies in <target>/debug/deps").join("clippy");
-    let output = std::process::Command::new(env!("CARGO"))
+    let target_dir = std::env::current_exe().unwrap().ancestors().nth(3).expect("the test binary lies in <target>/debug/deps").to_owned();
+    let mut command = std::process::Command::new(env!("CARGO"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if (name.starts_with("CARGO_") && name != "CARGO_HOME") || name == "OUT_DIR" || name == "CARGO" {
+            command.env_remove(name);
+        }
+    }
+    let output = command
         .args(["clippy", "--all-targets", "--locked", "--quiet", "--", "-D", "warnings"])
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
