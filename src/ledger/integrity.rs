@@ -133,20 +133,23 @@ pub(crate) async fn check_extends(store: &Store, size: u64, anchor: &Anchor) -> 
         Ok(root) => root,
         Err(error) => return Ok(Some(damaged(format!("the stored tree of {} entries cannot be read: {error:#}", anchor.size), None))),
     };
-    if root != anchor.root {
-        return Ok(Some(Contradiction {
-            problem: format!(
-                "the stored tree of {} entries has root {}, but the signed checkpoint ({}) has root {}: the history was rewritten",
-                anchor.size,
-                hex::encode(root.0),
-                anchor.source,
-                hex::encode(anchor.root.0)
-            ),
-            first_bad_index: None,
-            kind: ContradictionKind::Diverged,
-        }));
-    }
-    Ok(None)
+    Ok(diverged(anchor, root))
+}
+
+/// A contradiction when the stored tree of `anchor.size` entries has `root` rather than the
+/// anchor's root.
+pub(crate) fn diverged(anchor: &Anchor, root: Hash) -> Option<Contradiction> {
+    (root != anchor.root).then(|| Contradiction {
+        problem: format!(
+            "the stored tree of {} entries has root {}, but the signed checkpoint ({}) has root {}: the history was rewritten",
+            anchor.size,
+            hex::encode(root.0),
+            anchor.source,
+            hex::encode(anchor.root.0)
+        ),
+        first_bad_index: None,
+        kind: ContradictionKind::Diverged,
+    })
 }
 
 /// Whether the entries `from..to` are all there, in order, each hashing to its stored leaf.

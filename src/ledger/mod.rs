@@ -284,19 +284,23 @@ impl Ledger {
     async fn sign_extending(&self, size: u64, root: Hash) -> anyhow::Result<String> {
         self.refuse_if_halted()?;
         let mut state = self.signing.lock().await;
-        let current = self.store.ledger_count().await? as u64;
         let mut found = match &state.newest {
-            Some(newest) => integrity::check_extends(&self.store, current, newest).await?,
+            // The same tree again (every proof until the next append): the root says it all.
+            Some(newest) if size == newest.size => integrity::diverged(newest, root),
+            Some(newest) if size > newest.size => integrity::check_extends(&self.store, size, newest).await?,
+            // An older prefix (a consistency proof's `to`): the stored tree must still extend
+            // the newest head.
+            Some(newest) => integrity::check_extends(&self.store, self.store.ledger_count().await? as u64, newest).await?,
             None => None,
         };
-        if found.is_none() {
-            found = integrity::check_leaves(&self.store, state.leaves_checked_to.min(current), current).await?;
+        if found.is_none() && size > state.leaves_checked_to {
+            found = integrity::check_leaves(&self.store, state.leaves_checked_to, size).await?;
         }
         if let Some(contradiction) = found {
             self.halt(&contradiction);
             return Err(LedgerHalted(contradiction).into());
         }
-        state.leaves_checked_to = current;
+        state.leaves_checked_to = state.leaves_checked_to.max(size);
         let note = self.signer.sign(size, root)?;
         if state.newest.as_ref().is_none_or(|newest| size > newest.size) {
             if let Some(file) = self.anchor_file.clone() {
