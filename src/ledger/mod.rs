@@ -2,6 +2,7 @@
 
 mod bundle;
 mod checkpoint;
+mod cosignature;
 mod export;
 mod hashes;
 mod integrity;
@@ -9,6 +10,7 @@ mod tiles;
 
 pub use bundle::{BUNDLE_FORMAT, BundleError, verify_bundle};
 pub use checkpoint::{CheckpointSigner, verify_checkpoint};
+pub use cosignature::{CosigningKey, WitnessKey, verified_cosignatures};
 pub use export::{EXPORT_FORMAT, ExportError, VerifiedExport, export_entries, verify_export};
 pub use integrity::{ANCHOR_FILE, Anchor, AnchorFile, Contradiction, ContradictionKind};
 pub use tiles::{TILE_HEIGHT, TilePath};
