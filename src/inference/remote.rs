@@ -127,8 +127,10 @@ fn parse_completion(value: &Value) -> anyhow::Result<Generation> {
             .map(|top| top.iter().filter(|a| a.get("logprob").is_some_and(Value::is_number)).map(text_and_logprob).collect())
             .unwrap_or_default()
     };
-    let token_alternatives: Vec<Vec<(String, f32)>> =
-        if tokens.iter().any(|t| !alternatives_of(t).is_empty()) { tokens.iter().map(|t| alternatives_of(t)).collect() } else { Vec::new() };
+    let mut token_alternatives: Vec<Vec<(String, f32)>> = tokens.iter().map(|t| alternatives_of(t)).collect();
+    if token_alternatives.iter().all(Vec::is_empty) {
+        token_alternatives.clear();
+    }
     let usage = |name: &str| value.pointer(&format!("/usage/{name}")).and_then(Value::as_u64).unwrap_or_default();
     Ok(Generation {
         text,

@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde::Serialize;
-use tlog_tiles::{Hash, record_hash, stored_hash_index, tree_hash};
+use tlog_tiles::{Hash, record_hash, tree_hash};
 
-use super::{checkpoint::verify_checkpoint, with_stored_hashes};
+use super::{checkpoint::verify_checkpoint, entries_with_leaves, with_stored_hashes};
 use crate::store::Store;
 
 /// The anchor file's name, beside the ledger's signing key in the data directory.
@@ -156,21 +156,15 @@ pub(crate) fn diverged(anchor: &Anchor, root: Hash) -> Option<Contradiction> {
 pub(crate) async fn check_leaves(store: &Store, from: u64, to: u64) -> anyhow::Result<Option<Contradiction>> {
     let mut next = from;
     while next < to {
-        let page = store.ledger_entries(next as i64, 1000).await?;
-        let page: Vec<(i64, String)> = page.into_iter().take_while(|(index, _)| (*index as u64) < to).collect();
-        let leaf_indexes: Vec<i64> = page.iter().map(|(index, _)| stored_hash_index(0, *index as u64) as i64).collect();
-        let mut conn = store.pool().acquire().await.context("acquiring connection")?;
-        let leaves = Store::ledger_read_hashes(&mut conn, &leaf_indexes).await?;
-        drop(conn);
+        let page = entries_with_leaves(store, next, to).await?;
         if page.is_empty() {
             return Ok(Some(damaged(format!("entries {next} to {} are missing from the ledger", to - 1), Some(next))));
         }
-        for ((index, entry), leaf_index) in page.iter().zip(&leaf_indexes) {
-            let index = *index as u64;
+        for (index, entry, leaf) in page {
             if index != next {
                 return Ok(Some(damaged(format!("entry {next} is missing from the ledger (the next stored entry is {index})"), Some(next))));
             }
-            let Some(stored) = leaves.get(leaf_index) else {
+            let Some(stored) = leaf else {
                 return Ok(Some(damaged(format!("entry {index} has no stored leaf hash: it was added outside the ledger"), Some(index))));
             };
             if stored.as_slice() != record_hash(entry.as_bytes()).0 {

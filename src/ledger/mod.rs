@@ -573,17 +573,10 @@ impl Ledger {
                 }
                 let mut chunk = String::new();
                 let mut after = next;
-                let page = store.ledger_entries(next, 1000).await?;
-                let leaf_indexes: Vec<i64> = page.iter().map(|(index, _)| stored_hash_index(0, *index as u64) as i64).collect();
-                let mut conn = store.pool().acquire().await.context("acquiring connection")?;
-                let leaves = Store::ledger_read_hashes(&mut conn, &leaf_indexes).await?;
-                for ((index, entry), leaf_index) in page.into_iter().zip(leaf_indexes) {
-                    if index as u64 >= size {
-                        break;
-                    }
-                    let leaf = leaves.get(&leaf_index).with_context(|| format!("no stored leaf for entry {index}"))?;
-                    chunk.push_str(&export::entry_line(&entry, leaf));
-                    after = index + 1;
+                for (index, entry, leaf) in entries_with_leaves(&store, next as u64, size).await? {
+                    let leaf = leaf.with_context(|| format!("no stored leaf for entry {index}"))?;
+                    chunk.push_str(&export::entry_line(&entry, &leaf));
+                    after = index as i64 + 1;
                 }
                 Ok((after > next).then_some((chunk, after)))
             }
@@ -761,6 +754,22 @@ async fn write_entries(tx: &mut sqlx::AnyConnection, drafts: Vec<EntryDraft>) ->
         appended.push(Appended { index: n, leaf_hash: hex::encode(new_hashes[0].0) });
     }
     Ok(appended)
+}
+
+/// A page (at most 1,000) of the stored entries from index `from` up to `to` (exclusive), each
+/// with its stored leaf hash when there is one; rows missing from the table are skipped, so
+/// callers see the indexes actually stored.
+pub(crate) async fn entries_with_leaves(store: &Store, from: u64, to: u64) -> anyhow::Result<Vec<(u64, String, Option<Vec<u8>>)>> {
+    let page = store.ledger_entries(from as i64, to.saturating_sub(from).min(1000) as i64).await?;
+    let leaf_indexes: Vec<i64> = page.iter().map(|(index, _)| stored_hash_index(0, *index as u64) as i64).collect();
+    let mut conn = store.pool().acquire().await.context("acquiring connection")?;
+    let mut leaves = Store::ledger_read_hashes(&mut conn, &leaf_indexes).await?;
+    Ok(page
+        .into_iter()
+        .zip(leaf_indexes)
+        .filter(|((index, _), _)| (*index as u64) < to)
+        .map(|((index, entry), leaf_index)| (index as u64, entry, leaves.remove(&leaf_index)))
+        .collect())
 }
 
 /// Runs a tlog computation that reads stored hashes: tlog's reader is synchronous, so the

@@ -322,6 +322,17 @@ fn hashes_from_hex(list: &Value) -> Vec<tlog_tiles::Hash> {
     list.as_array().unwrap().iter().map(|h| tlog_tiles::Hash(hex::decode(h.as_str().unwrap()).unwrap().try_into().unwrap())).collect()
 }
 
+/// A small entry as a served request would leave it, numbered `n`.
+fn served_draft(request_id: &str, n: u64) -> tiergate::ledger::EntryDraft {
+    tiergate::ledger::EntryDraft {
+        entry_type: "inference",
+        request_id: request_id.to_owned(),
+        system_id: None,
+        outcome: "served".into(),
+        body: json!({"n": n}),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_appends_share_commits_and_form_one_gap_free_verifiable_log() {
     let dir = std::env::temp_dir().join(format!("tiergate-group-{}", uuid::Uuid::new_v4()));
@@ -333,16 +344,7 @@ async fn concurrent_appends_share_commits_and_form_one_gap_free_verifiable_log()
     let tasks: Vec<_> = (0..200)
         .map(|i| {
             let ledger = ledger.clone();
-            tokio::spawn(async move {
-                let draft = tiergate::ledger::EntryDraft {
-                    entry_type: "inference",
-                    request_id: format!("r{i}"),
-                    system_id: None,
-                    outcome: "served".into(),
-                    body: json!({"n": i}),
-                };
-                (i, ledger.append(draft).await.unwrap().index)
-            })
+            tokio::spawn(async move { (i, ledger.append(served_draft(&format!("r{i}"), i)).await.unwrap().index) })
         })
         .collect();
     let mut indexes = Vec::new();
@@ -736,16 +738,9 @@ async fn the_tiles_the_gateway_serves_rebuild_the_root_of_its_signed_checkpoint(
     // 300 more entries through the real append path of a second ledger on the same database
     // (as a second replica would write them): a full tile, a partial one and a level-1 tile.
     let signer = CheckpointSigner::load_or_create(&app.settings.data_dir.join("ledger-signing.key"), "unused").unwrap();
-    let writer = std::sync::Arc::new(Ledger::new(app.store().await, signer));
+    let writer = Ledger::new(app.store().await, signer);
     for i in 0..300 {
-        let draft = tiergate::ledger::EntryDraft {
-            entry_type: "inference",
-            request_id: format!("bulk-{i}"),
-            system_id: None,
-            outcome: "served".into(),
-            body: json!({"n": i}),
-        };
-        writer.append(draft).await.unwrap();
+        writer.append(served_draft(&format!("bulk-{i}"), i)).await.unwrap();
     }
     let note = app.get("/v1/ledger/tlog/checkpoint").await.text().await.unwrap();
     let key = app.get("/v1/ledger/public-key").await.text().await.unwrap();
