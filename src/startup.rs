@@ -67,11 +67,10 @@ impl Application {
             ledger = ledger.with_replica(replica.clone());
         }
         tracing::info!(replica = %ledger.replica(), "replica name in the database");
-        // A ledger that contradicts what it signed serves its read-only endpoints to auditors
-        // and nothing else (readyz says why) until an operator runs `tiergate ledger recover`.
-        if let Some(contradiction) = ledger.check_integrity().await? {
-            tracing::error!(problem = %contradiction, "the ledger contradicts a checkpoint it signed: serving no requests until `tiergate ledger recover`");
-        }
+        // A ledger that contradicts what it signed halts (and logs why): it serves its read-only
+        // endpoints to auditors and nothing else (readyz says why) until an operator runs
+        // `tiergate ledger recover`.
+        ledger.check_integrity().await?;
         let ledger = Arc::new(ledger);
         if settings.checkpoint_interval_s > 0 {
             tokio::spawn(publish_checkpoints(ledger.clone(), Duration::from_secs(settings.checkpoint_interval_s)));

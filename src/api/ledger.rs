@@ -136,25 +136,12 @@ pub async fn verify(state: web::Data<AppState>, query: web::Query<VerifyQuery>) 
     }
     let verification = ledger.verify(query.checkpoint.as_deref()).await?;
     let contradiction = verification.contradiction;
-    let body = match (verification.entries, &contradiction) {
-        (Ok(verified), None) => VerificationBody {
-            verified: true,
-            tree_size: Some(verified.tree_size),
-            root_hash: Some(verified.root_hash),
-            problem: None,
-            contradiction: None,
-        },
-        (Ok(verified), Some(c)) => VerificationBody {
-            verified: false,
-            tree_size: Some(verified.tree_size),
-            root_hash: Some(verified.root_hash),
-            problem: Some(c.to_string()),
-            contradiction,
-        },
-        (Err(problem), _) => {
-            VerificationBody { verified: false, tree_size: None, root_hash: None, problem: Some(problem.to_string()), contradiction }
-        }
+    // A contradiction is the problem even when every entry matches its leaf.
+    let (tree_size, root_hash, problem) = match verification.entries {
+        Ok(verified) => (Some(verified.tree_size), Some(verified.root_hash), contradiction.as_ref().map(ToString::to_string)),
+        Err(problem) => (None, None, Some(problem.to_string())),
     };
+    let body = VerificationBody { verified: problem.is_none(), tree_size, root_hash, problem, contradiction };
     Ok(HttpResponse::Ok().json(body))
 }
 
