@@ -32,6 +32,19 @@ pub struct Settings {
     /// How often a checkpoint of the ledger is signed and published (0 = only on demand). With
     /// several replicas, one signs at a time: the holder of a lease of three intervals.
     pub checkpoint_interval_s: u64,
+    /// C2SP tlog-witnesses each published checkpoint is sent to for cosigning (`tiergate
+    /// witness serve`, or any tlog-witness). Cosigning runs beside serving: a witness that is
+    /// down delays cosignatures, never a request.
+    pub witnesses: Vec<WitnessSetting>,
+    /// Cosignatures a checkpoint needs to count as witnessed (default: every witness listed).
+    pub witness_quorum: Option<usize>,
+    /// Time limit of one add-checkpoint request.
+    pub witness_timeout_ms: u64,
+    /// How often checkpoints not yet cosigned are sent again.
+    pub witness_retry_s: u64,
+    /// How long the newest published checkpoint may stay short of the quorum before `/readyz`
+    /// and the `TiergateLedgerUncosigned` alert say so (serving goes on regardless).
+    pub max_uncosigned_s: u64,
     /// An admin API key (`tg_<16 hex>.<secret>`) to install at start-up, for automated
     /// deployments; without it the first start creates one and prints it once.
     pub bootstrap_admin_key: Option<String>,
@@ -77,6 +90,11 @@ impl Default for Settings {
             policy_eval_timeout_ms: 50,
             ledger_origin: "tiergate.local/ledger".to_owned(),
             checkpoint_interval_s: 60,
+            witnesses: Vec::new(),
+            witness_quorum: None,
+            witness_timeout_ms: 5_000,
+            witness_retry_s: 10,
+            max_uncosigned_s: 600,
             bootstrap_admin_key: None,
             rate_limit_per_minute: None,
             tier_concurrency: 1,
@@ -90,6 +108,16 @@ impl Default for Settings {
             drift_psi_threshold: 0.2,
         }
     }
+}
+
+/// One witness: where its submission prefix is and the key its cosignatures verify with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessSetting {
+    /// The submission prefix, e.g. `https://witness.example.org` (`/add-checkpoint` is added).
+    pub url: String,
+    /// Its verifier key, `<name>+<key id>+<base64 key>` (`tiergate witness key` prints it).
+    pub key: String,
 }
 
 /// Weights are large and shared by every checkout, so they live in the user's cache, not the repo.

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use tiergate::{
     config::{Settings, SettingsArgs},
     evidence,
-    ledger::{BUNDLE_FORMAT, CheckpointSigner, verify_bundle, verify_export},
+    ledger::{BUNDLE_FORMAT, CheckpointSigner, export_checkpoint, verified_cosignatures, verify_bundle, verify_checkpoint, verify_export},
     policy::{BundleSource, CompiledBundle, TestOutcome},
     registry::{ArtifactKind, ArtifactRef, CardError, parse_card},
     startup::{Application, LEDGER_KEY_FILE},
@@ -43,6 +43,11 @@ enum Command {
     Ledger {
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+    /// Run a C2SP tlog-witness that cosigns the checkpoints of the ledgers it trusts.
+    Witness {
+        #[command(subcommand)]
+        command: WitnessCommand,
     },
     /// Run a workload small-first (the system as configured) and large-first (straight to its
     /// last tier) and print the measured comparison. Runs the real gateway on a scratch
@@ -103,9 +108,10 @@ enum ReportFormat {
 #[derive(Subcommand)]
 enum LedgerCommand {
     /// Verify an export offline (no database): checkpoint signature, every entry, the Merkle
-    /// root. Exit status 0 = verified, 1 = not.
+    /// root; or just a checkpoint's signatures. Exit status 0 = verified, 1 = not.
     Verify {
-        /// The export (`GET /v1/ledger/export`) or audit bundle (`GET /v1/ledger/bundle`) file.
+        /// The export (`GET /v1/ledger/export`), audit bundle (`GET /v1/ledger/bundle`) or
+        /// signed checkpoint (`GET /v1/ledger/witnessed-checkpoint`) file.
         export: PathBuf,
         /// The ledger's public key(s) (`GET /v1/ledger/public-key`), or a file holding them.
         #[arg(long)]
@@ -113,6 +119,14 @@ enum LedgerCommand {
         /// An earlier signed checkpoint (file): the export must extend it.
         #[arg(long)]
         previous: Option<PathBuf>,
+        /// A witness's verifier key (`tiergate witness key`), or a file of them one per line;
+        /// repeat for several. The checkpoint must carry cosignatures from `--min-witnesses`
+        /// of them.
+        #[arg(long = "witness-key")]
+        witness_keys: Vec<String>,
+        /// Valid cosignatures required (default: one from every `--witness-key`).
+        #[arg(long)]
+        min_witnesses: Option<usize>,
     },
     /// Print the public keys of the ledger in a data directory (current first, then retired).
     PublicKey {
@@ -143,6 +157,39 @@ enum LedgerCommand {
 }
 
 #[derive(Subcommand)]
+enum WitnessCommand {
+    /// Serve `POST /add-checkpoint` (c2sp.org/tlog-witness): cosign a checkpoint of a trusted
+    /// log only when a consistency proof shows it extends the last one cosigned for that log.
+    Serve {
+        #[command(flatten)]
+        identity: WitnessIdentity,
+        /// Address to listen on (port 0: pick a free port; the bound address is printed).
+        #[arg(long, default_value = "127.0.0.1:7380")]
+        listen: String,
+        /// The note verifier key of a log to witness (a gateway's `GET /v1/ledger/public-key`),
+        /// or a file holding keys one per line; repeat for several logs.
+        #[arg(long = "log-key", required = true)]
+        log_keys: Vec<String>,
+    },
+    /// Print the witness's verifier key (creating the key on first use): what gateways list
+    /// in `witnesses` and auditors pass to `tiergate ledger verify --witness-key`.
+    Key {
+        #[command(flatten)]
+        identity: WitnessIdentity,
+    },
+}
+
+#[derive(clap::Args)]
+struct WitnessIdentity {
+    /// Where the witness keeps its key and the newest checkpoint it cosigned per log.
+    #[arg(long, env = "TIERGATE_WITNESS_DIR", default_value = "./witness")]
+    state_dir: PathBuf,
+    /// The witness's name in its key and cosignatures, e.g. `witness.example.org/w1`.
+    #[arg(long, env = "TIERGATE_WITNESS_NAME")]
+    name: String,
+}
+
+#[derive(Subcommand)]
 enum CardsCommand {
     /// Validate card files against the schemas, offline; exit status 1 on any error.
     Validate { files: Vec<PathBuf> },
@@ -163,10 +210,14 @@ async fn main() -> ExitCode {
         Command::Openapi => print_openapi(),
         Command::Cards { command: CardsCommand::Validate { files } } => validate_cards(&files),
         Command::Policy { command: PolicyCommand::Test { dir } } => test_policy(&dir),
-        Command::Ledger { command: LedgerCommand::Verify { export, key, previous } } => verify_ledger(&export, &key, previous.as_deref()),
+        Command::Ledger { command: LedgerCommand::Verify { export, key, previous, witness_keys, min_witnesses } } => {
+            verify_ledger(&export, &key, previous.as_deref(), &witness_keys, min_witnesses)
+        }
         Command::Ledger { command: LedgerCommand::PublicKey { data_dir } } => print_public_key(&data_dir),
         Command::Ledger { command: LedgerCommand::RotateKey { data_dir } } => rotate_key(&data_dir),
         Command::Ledger { command: LedgerCommand::Recover { settings, actor, reason } } => recover_ledger(&settings, &actor, &reason).await,
+        Command::Witness { command: WitnessCommand::Serve { identity, listen, log_keys } } => serve_witness(&identity, &listen, &log_keys).await,
+        Command::Witness { command: WitnessCommand::Key { identity } } => print_witness_key(&identity),
         Command::Compare { run, concurrency } => compare(&run, concurrency).await,
         Command::Calibrate { run, target_accuracy, author } => calibrate(&run, target_accuracy, &author).await,
     };
@@ -350,24 +401,67 @@ fn test_policy(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     Ok(if report.all_passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn verify_ledger(export: &std::path::Path, key: &str, previous: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
+fn verify_ledger(
+    export: &std::path::Path,
+    key: &str,
+    previous: Option<&std::path::Path>,
+    witness_keys: &[String],
+    min_witnesses: Option<usize>,
+) -> anyhow::Result<ExitCode> {
     let key = match std::fs::read_to_string(key) {
         Ok(text) => text.trim().to_owned(),
         Err(_) => key.trim().to_owned(),
     };
+    let witnesses = read_keys(witness_keys)
+        .iter()
+        .map(|k| tiergate::ledger::WitnessKey::parse(k))
+        .collect::<anyhow::Result<Vec<_>>>()
+        .context("--witness-key")?;
+    let required = min_witnesses.unwrap_or(witnesses.len());
+    anyhow::ensure!(
+        required <= witnesses.len(),
+        "--min-witnesses {required} is more than the {} witness keys given with --witness-key",
+        witnesses.len()
+    );
     let text = std::fs::read_to_string(export).map_err(|e| anyhow::anyhow!("{}: {e}", export.display()))?;
     let previous = previous.map(|p| std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))).transpose()?;
-    // An audit bundle is one JSON document; an export is JSON Lines.
+    // An audit bundle is one JSON document; an export is JSON Lines; a checkpoint is a note.
     let bundle =
         serde_json::from_str::<serde_json::Value>(&text).ok().filter(|doc| doc.get("format").and_then(|f| f.as_str()) == Some(BUNDLE_FORMAT));
-    let outcome = match bundle {
-        Some(bundle) => verify_bundle(&bundle, &key, previous.as_deref())
+    let (outcome, checkpoint) = if let Some(bundle) = bundle {
+        let export = bundle.get("export").and_then(|e| e.as_str()).unwrap_or_default();
+        let outcome = verify_bundle(&bundle, &key, previous.as_deref())
             .map(|v| format!("verified bundle: {} entries, root {}, every cited artifact present and intact", v.tree_size, v.root_hash))
-            .map_err(|e| e.to_string()),
-        None => verify_export(&text, &key, previous.as_deref())
+            .map_err(|e| e.to_string());
+        (outcome, export_checkpoint(export))
+    } else if text.starts_with('{') {
+        let outcome = verify_export(&text, &key, previous.as_deref())
             .map(|v| format!("verified: {} entries, root {}", v.tree_size, v.root_hash))
-            .map_err(|e| e.to_string()),
+            .map_err(|e| e.to_string());
+        (outcome, export_checkpoint(&text))
+    } else {
+        let outcome = verify_checkpoint(&text, &key).map_err(|e| format!("{e:#}")).and_then(|(size, root)| match &previous {
+            Some(_) => Err("--previous needs an export to check consistency against, not a checkpoint".to_owned()),
+            None => Ok(format!("verified checkpoint: {size} entries, root {}", hex::encode(root.0))),
+        });
+        (outcome, Some(text.clone()))
     };
+    let outcome = outcome.and_then(|message| {
+        if witnesses.is_empty() {
+            return Ok(message);
+        }
+        let note = checkpoint.ok_or("the file carries no checkpoint to count cosignatures on")?;
+        let cosigned = verified_cosignatures(&note, &witnesses).map_err(|e| format!("{e:#}"))?;
+        let names: Vec<&str> = cosigned.iter().map(|(name, _)| name.as_str()).collect();
+        if cosigned.len() < required {
+            return Err(format!(
+                "the checkpoint carries {} valid cosignature(s) from the given witnesses ({}), {required} required",
+                cosigned.len(),
+                if names.is_empty() { "none".to_owned() } else { names.join(", ") }
+            ));
+        }
+        Ok(format!("{message}; cosigned by {} of {} witnesses ({})", cosigned.len(), witnesses.len(), names.join(", ")))
+    });
     match outcome {
         Ok(message) => {
             println!("{message}");
@@ -406,6 +500,36 @@ async fn recover_ledger(args: &SettingsArgs, actor: &str, reason: &str) -> anyho
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// `--log-key` values: keys, or files of keys one per line.
+fn read_keys(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|value| match std::fs::read_to_string(value) {
+            Ok(text) => text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect(),
+            Err(_) => vec![value.trim().to_owned()],
+        })
+        .collect()
+}
+
+async fn serve_witness(identity: &WitnessIdentity, listen: &str, log_keys: &[String]) -> anyhow::Result<ExitCode> {
+    telemetry::init();
+    let witness = tiergate::witness::Witness::open(&identity.state_dir, &identity.name, &read_keys(log_keys))?;
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    tracing::info!(verifier_key = %witness.verifier_key(), logs = ?witness.origins(), "witness ready");
+    println!("witness key {}", witness.verifier_key());
+    // Printed on stdout so scripts that bind port 0 can find the witness.
+    println!("tiergate witness listening on http://{}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    tiergate::witness::serve(std::sync::Arc::new(witness), listener).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_witness_key(identity: &WitnessIdentity) -> anyhow::Result<ExitCode> {
+    let path = identity.state_dir.join(tiergate::witness::WITNESS_KEY_FILE);
+    println!("{}", tiergate::ledger::CosigningKey::load_or_create(&path, &identity.name)?.verifier_key());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn rotate_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {

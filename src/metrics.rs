@@ -2,7 +2,7 @@
 //! overhead, tokens and cost per tier, policy evaluation time, ledger commits, queues, errors.
 
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{AtomicF64, Collector, GenericCounterVec},
 };
 
@@ -34,6 +34,14 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub feedback: IntCounterVec,
     pub drift_psi: GaugeVec,
+    pub witness_requests: IntCounterVec,
+    /// Tree size of the newest checkpoint each witness cosigned.
+    pub witness_cosigned_size: IntGaugeVec,
+    /// Seconds since the oldest published checkpoint the witness quorum has not cosigned
+    /// (0 when the newest is witnessed, or no witnesses are configured).
+    pub ledger_uncosigned_seconds: Gauge,
+    /// `max_uncosigned_s`: how long checkpoints may go uncosigned before the alert fires.
+    pub ledger_uncosigned_limit_seconds: Gauge,
 }
 
 impl Metrics {
@@ -67,6 +75,19 @@ impl Metrics {
             &["system", "signal"],
         )?;
         registry.register(Box::new(drift_psi.clone()))?;
+        let witness_cosigned_size = IntGaugeVec::new(
+            Opts::new("witness_cosigned_tree_size", "Tree size of the newest ledger checkpoint each witness cosigned"),
+            &["witness"],
+        )?;
+        registry.register(Box::new(witness_cosigned_size.clone()))?;
+        let ledger_uncosigned_seconds = Gauge::with_opts(Opts::new(
+            "ledger_uncosigned_seconds",
+            "Seconds since the oldest published ledger checkpoint the witness quorum has not cosigned (0 when witnessed)",
+        ))?;
+        registry.register(Box::new(ledger_uncosigned_seconds.clone()))?;
+        let ledger_uncosigned_limit_seconds =
+            Gauge::with_opts(Opts::new("ledger_uncosigned_limit_seconds", "How long ledger checkpoints may go uncosigned (max_uncosigned_s)"))?;
+        registry.register(Box::new(ledger_uncosigned_limit_seconds.clone()))?;
         Ok(Metrics {
             requests: counter("requests_total", "Inference requests by system, outcome and tier served", &["system", "outcome", "tier_served"])?,
             escalated: counter("requests_escalated_total", "Requests that ran on more than one tier", &["system"])?,
@@ -94,6 +115,14 @@ impl Metrics {
                 &["system", "tier_served", "escalated", "correct"],
             )?,
             drift_psi,
+            witness_requests: counter(
+                "witness_requests_total",
+                "add-checkpoint requests to witnesses, by outcome (cosigned, ahead, refused, malformed, unreachable)",
+                &["witness", "outcome"],
+            )?,
+            witness_cosigned_size,
+            ledger_uncosigned_seconds,
+            ledger_uncosigned_limit_seconds,
             registry,
         })
     }
@@ -101,7 +130,7 @@ impl Metrics {
     /// The full name of every metric this gateway exports (`tiergate_…`; histograms without
     /// their `_bucket`, `_sum` and `_count` series), whether or not it has a sample yet.
     pub fn names(&self) -> Vec<String> {
-        let collectors: [&dyn Collector; 17] = [
+        let collectors: [&dyn Collector; 21] = [
             &self.requests,
             &self.escalated,
             &self.contained,
@@ -119,6 +148,10 @@ impl Metrics {
             &self.errors,
             &self.feedback,
             &self.drift_psi,
+            &self.witness_requests,
+            &self.witness_cosigned_size,
+            &self.ledger_uncosigned_seconds,
+            &self.ledger_uncosigned_limit_seconds,
         ];
         // The registry adds its `tiergate` prefix when it gathers, not in the descriptions.
         collectors.iter().flat_map(|c| c.desc()).map(|d| format!("{PREFIX}_{}", d.fq_name)).collect()

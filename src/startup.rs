@@ -16,7 +16,7 @@ use crate::{
     access::{Access, NewKey, Role},
     api::{self, ApiDoc, AppState, access::Requirements},
     config::Settings,
-    ledger::{ANCHOR_FILE, Appended, CheckpointSigner, Contradiction, Ledger},
+    ledger::{ANCHOR_FILE, Appended, CheckpointSigner, Contradiction, Ledger, Witnessing},
     metrics::Metrics,
     registry::{ArtifactKind, ArtifactRef, Registry, seed_shipped},
     routing::{DriftSettings, GuardLimits, LoaderSettings, Router, SystemLoader},
@@ -67,11 +67,30 @@ impl Application {
             ledger = ledger.with_replica(replica.clone());
         }
         tracing::info!(replica = %ledger.replica(), "replica name in the database");
+        let witnessing = if settings.witnesses.is_empty() {
+            None
+        } else {
+            let witnessing = Witnessing::new(
+                &settings.witnesses,
+                settings.witness_quorum,
+                Duration::from_millis(settings.witness_timeout_ms),
+                Duration::from_secs(settings.witness_retry_s.max(1)),
+                Duration::from_secs(settings.max_uncosigned_s),
+            )
+            .context("settings: witnesses")?;
+            let witnessing = Arc::new(witnessing.with_metrics(metrics.clone()));
+            tracing::info!(witnesses = ?witnessing.names(), quorum = witnessing.quorum(), "published checkpoints are sent to witnesses");
+            ledger = ledger.with_witnessing(witnessing.clone());
+            Some(witnessing)
+        };
         // A ledger that contradicts what it signed halts (and logs why): it serves its read-only
         // endpoints to auditors and nothing else (readyz says why) until an operator runs
         // `tiergate ledger recover`.
         ledger.check_integrity().await?;
         let ledger = Arc::new(ledger);
+        if let Some(witnessing) = witnessing {
+            tokio::spawn(witnessing.run(Arc::downgrade(&ledger)));
+        }
         if settings.checkpoint_interval_s > 0 {
             tokio::spawn(publish_checkpoints(ledger.clone(), Duration::from_secs(settings.checkpoint_interval_s)));
         }

@@ -23,6 +23,10 @@ pub struct Checks {
     /// `ok`, or why the ledger halted: the stored tree contradicts a checkpoint it signed, so
     /// nothing is signed or served until an operator runs `tiergate ledger recover`.
     ledger_integrity: String,
+    /// Witnessing of the ledger's checkpoints, when witnesses are configured. Informational:
+    /// a witness that is down delays cosignatures but never makes the gateway unready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ledger_witnesses: Option<crate::ledger::WitnessHealth>,
     /// Every tier (`system/tier`): its circuit breaker and queue. An open circuit means the
     /// tier failed repeatedly and is skipped (the policy decides what happens instead).
     tiers: std::collections::BTreeMap<String, TierHealth>,
@@ -64,10 +68,21 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         })
         .collect();
     let ledger_integrity = state.router.ledger().contradiction().map_or_else(|| "ok".to_owned(), |c| format!("halted: {c}"));
+    let ledger = state.router.ledger();
+    let ledger_witnesses = match ledger.witnessing() {
+        Some(witnessing) => match witnessing.health(ledger).await {
+            Ok(health) => Some(health),
+            Err(error) => {
+                tracing::warn!(error = ?error, "reading the witnessed state of the ledger failed");
+                None
+            }
+        },
+        None => None,
+    };
     let ready = database == "ok" && ledger_integrity == "ok" && !systems.is_empty();
     let body = Health {
         status: if ready { "ready" } else { "not_ready" }.into(),
-        checks: Some(Checks { database, systems, ledger_entries, ledger_integrity, tiers }),
+        checks: Some(Checks { database, systems, ledger_entries, ledger_integrity, ledger_witnesses, tiers }),
     };
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }

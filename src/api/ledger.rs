@@ -21,11 +21,40 @@ pub async fn get_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, 
 }
 
 /// The log's checkpoint as C2SP tlog-tiles serves it (`<prefix>/checkpoint`, prefix
-/// `/v1/ledger/tlog`): the same freshly signed and published note as `GET /v1/ledger/checkpoint`.
+/// `/v1/ledger/tlog`). With witnesses configured: the newest checkpoint the witness quorum
+/// cosigned, with their cosignatures (so monitors see what the witnesses saw); until one is
+/// witnessed, and without witnesses, the same freshly signed and published note as
+/// `GET /v1/ledger/checkpoint`.
 #[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, description = "Signed note", content_type = "text/plain", body = String)))]
 #[get("/v1/ledger/tlog/checkpoint")]
 pub async fn get_tlog_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if let Some(witnessed) = state.router.ledger().witnessed_checkpoint().await? {
+        return Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(witnessed.cosigned_note()));
+    }
     get_checkpoint_note(&state).await
+}
+
+/// The newest published checkpoint cosigned by the witness quorum (`witness_quorum` of the
+/// `witnesses` in the settings): the signed note followed by every witness's cosignature line
+/// (c2sp.org/tlog-cosignature). Check it with `tiergate ledger verify <file> --key <ledger key>
+/// --witness-key <key> … --min-witnesses N`.
+#[utoipa::path(
+    tag = "ledger", security(("api_key" = ["auditor"])),
+    responses(
+        (status = 200, description = "Cosigned note", content_type = "text/plain", body = String),
+        (status = 404, description = "No witnesses are configured, or none has cosigned a checkpoint yet", body = ErrorBody),
+    )
+)]
+#[get("/v1/ledger/witnessed-checkpoint")]
+pub async fn get_witnessed_checkpoint(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let ledger = state.router.ledger();
+    let Some(witnessing) = ledger.witnessing() else {
+        return Err(ApiError::NotFound("witnessed-checkpoint: this gateway has no witnesses configured (settings: witnesses)".into()));
+    };
+    let witnessed = ledger.witnessed_checkpoint().await?.ok_or_else(|| {
+        ApiError::NotFound(format!("witnessed-checkpoint: no checkpoint has {} cosignatures yet (see /readyz)", witnessing.quorum()))
+    })?;
+    Ok(HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(witnessed.cosigned_note()))
 }
 
 async fn get_checkpoint_note(state: &AppState) -> Result<HttpResponse, ApiError> {
@@ -79,13 +108,40 @@ pub async fn get_entry(state: web::Data<AppState>, index: web::Path<u64>) -> Res
     Ok(HttpResponse::Ok().json(proven))
 }
 
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// `current` (default): every entry, under a freshly signed checkpoint. `witnessed`: the
+    /// entries of the newest checkpoint the witness quorum cosigned, under that checkpoint with
+    /// its cosignatures (for `tiergate ledger verify --witness-key … --min-witnesses N`).
+    pub checkpoint: Option<String>,
+}
+
 /// Export the whole ledger as JSON Lines: a header with the signed checkpoint, then one line per
 /// entry, `{"entry": <canonical entry>, "leaf_hash": "<leaf recorded when it was written>"}`.
 /// Verify it offline with `tiergate ledger verify <file> --key <key>`.
-#[utoipa::path(tag = "ledger", security(("api_key" = ["auditor"])), responses((status = 200, description = "JSON Lines", content_type = "application/x-ndjson", body = String)))]
+#[utoipa::path(
+    tag = "ledger", security(("api_key" = ["auditor"])), params(ExportQuery),
+    responses(
+        (status = 200, description = "JSON Lines", content_type = "application/x-ndjson", body = String),
+        (status = 404, description = "`checkpoint=witnessed` and no checkpoint is witnessed yet", body = ErrorBody),
+        (status = 422, description = "`checkpoint` is neither `current` nor `witnessed`", body = ErrorBody),
+    )
+)]
 #[get("/v1/ledger/export")]
-pub async fn export(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let chunks = state.router.ledger().export_stream().await?;
+pub async fn export(state: web::Data<AppState>, query: web::Query<ExportQuery>) -> Result<HttpResponse, ApiError> {
+    let ledger = state.router.ledger();
+    let chunks = match query.checkpoint.as_deref() {
+        None | Some("current") => ledger.export_stream().await?.boxed(),
+        Some("witnessed") => {
+            let witnessed = ledger
+                .witnessed_checkpoint()
+                .await?
+                .ok_or_else(|| ApiError::NotFound("checkpoint: no checkpoint is cosigned by the witness quorum yet (see /readyz)".into()))?;
+            ledger.export_stream_of(&witnessed).await?.boxed()
+        }
+        Some(other) => return Err(ApiError::InvalidRequest(format!("checkpoint: {other:?} is neither `current` nor `witnessed`"))),
+    };
     let body = chunks.map(|chunk| {
         chunk.map(web::Bytes::from).map_err(|error| {
             // Headers are gone by now: log the cause and cut the stream, so the export fails

@@ -82,6 +82,7 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(ledger::verify)
         .service(ledger::get_consistency)
         .service(ledger::get_tlog_checkpoint)
+        .service(ledger::get_witnessed_checkpoint)
         .service(ledger::get_tile)
         .service(registry::submit_card)
         .service(registry::list_cards)

@@ -77,6 +77,8 @@ impl ScratchGateway {
             rate_limit_per_minute: None,
             checkpoint_interval_s: 0,
             registry_sync_interval_ms: 0,
+            // A scratch ledger is not the deployment's log: its checkpoints are not witnessed.
+            witnesses: Vec::new(),
             ..settings.clone()
         };
         let app = Application::build(scratch).await.context("starting the scratch gateway")?;

@@ -118,7 +118,7 @@ fn retired_file(key_file: &Path) -> std::path::PathBuf {
     std::path::PathBuf::from(name)
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }

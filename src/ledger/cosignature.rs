@@ -1,7 +1,7 @@
 //! C2SP tlog-cosignature (https://c2sp.org/tlog-cosignature), Ed25519 flavour: what a witness
-//! adds to a checkpoint it has checked, and how a verifier counts them. The building block of
-//! witnessing (c2sp.org/tlog-witness), which is not built yet; no crate implements it
-//! (`signed_note` 0.2 signs and verifies plain Ed25519 note signatures only).
+//! adds to a checkpoint it has checked, and how a verifier counts them. No crate implements it
+//! (`signed_note` 0.2 signs and verifies plain Ed25519 note signatures only); the witness that
+//! uses it is `crate::witness`.
 //!
 //! A cosignature is a note signature line `— <name> <base64(key id ‖ timestamp ‖ signature)>`:
 //! the key id is the first 4 bytes of SHA-256(name ‖ "\n" ‖ 0x04 ‖ public key), the timestamp the
@@ -26,6 +26,42 @@ impl CosigningKey {
     pub fn from_seed(name: &str, seed: [u8; 32]) -> anyhow::Result<CosigningKey> {
         anyhow::ensure!(valid_name(name), "witness name {name:?} must be non-empty, without spaces, '+' or newlines");
         Ok(CosigningKey { name: name.to_owned(), key: ed25519_dalek::SigningKey::from_bytes(&seed) })
+    }
+
+    /// Loads the key from `path`, or creates one named `name` there (owner-only permissions).
+    /// The file holds `PRIVATE+KEY+<name>+<key id>+<base64(0x04 ‖ seed)>`, the note private-key
+    /// form with the cosignature algorithm byte. A stored key keeps its name: asking for another
+    /// one is an error rather than a silently different identity.
+    pub fn load_or_create(path: &std::path::Path, name: &str) -> anyhow::Result<CosigningKey> {
+        if !path.is_file() {
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| anyhow::anyhow!("no randomness for the witness key: {e}"))?;
+            let key = CosigningKey::from_seed(name, seed)?;
+            let public = key.key.verifying_key().to_bytes();
+            let encoded =
+                format!("PRIVATE+KEY+{name}+{:08x}+{}\n", key_id(name, &public), BASE64_STANDARD.encode([&[ALG_COSIGNATURE_V1][..], &seed].concat()));
+            super::checkpoint::write_private(path, &encoded)?;
+            return Ok(key);
+        }
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading the witness key {}", path.display()))?;
+        let parts: Vec<&str> = text.trim().splitn(5, '+').collect();
+        let [_, _, stored_name, _, encoded] = parts[..] else { anyhow::bail!("{} is not a witness private key", path.display()) };
+        anyhow::ensure!(
+            stored_name == name,
+            "{} holds the key of witness {stored_name:?}, not {name:?}: a witness keeps its name for as long as its key",
+            path.display()
+        );
+        let bytes = BASE64_STANDARD.decode(encoded).with_context(|| format!("{}: the key is not base64", path.display()))?;
+        let seed: [u8; 32] = match bytes.split_first() {
+            Some((&ALG_COSIGNATURE_V1, seed)) => seed.try_into().ok(),
+            _ => None,
+        }
+        .with_context(|| format!("{} is not an Ed25519 cosignature key", path.display()))?;
+        CosigningKey::from_seed(name, seed)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The verifier key in note form: `<name>+<key id, hex>+<base64(0x04 ‖ public key)>`.
@@ -74,6 +110,18 @@ impl WitnessKey {
 /// (the log's own signature, unknown witnesses) are skipped; a line that claims a known key but
 /// does not verify is an error, so that a forged cosignature is never silently uncounted.
 pub fn verified_cosignatures(note: &str, keys: &[WitnessKey]) -> anyhow::Result<Vec<(String, u64)>> {
+    let mut verified: Vec<(String, u64)> = Vec::new();
+    for (name, time, _) in cosignature_lines(note, keys)? {
+        if !verified.iter().any(|(seen, _)| *seen == name) {
+            verified.push((name, time));
+        }
+    }
+    Ok(verified)
+}
+
+/// Every signature line of `note` that is a valid cosignature by one of `keys`: (witness name,
+/// time, the line without its newline). Errors as [`verified_cosignatures`] does.
+pub fn cosignature_lines(note: &str, keys: &[WitnessKey]) -> anyhow::Result<Vec<(String, u64, String)>> {
     let (text, signatures) = note.split_once("\n\n").context("the note has no signature lines")?;
     let text = format!("{text}\n");
     let mut verified = Vec::new();
@@ -86,9 +134,7 @@ pub fn verified_cosignatures(note: &str, keys: &[WitnessKey]) -> anyhow::Result<
         let time = u64::from_be_bytes(blob[4..12].try_into().expect("8 bytes"));
         let signature = ed25519_dalek::Signature::from_bytes(blob[12..].try_into().expect("64 bytes"));
         key.key.verify(&signed_message(&text, time), &signature).map_err(|_| anyhow::anyhow!("the cosignature of witness {name} does not verify"))?;
-        if !verified.iter().any(|(seen, _): &(String, u64)| seen == name) {
-            verified.push((name.to_owned(), time));
-        }
+        verified.push((name.to_owned(), time, line.to_owned()));
     }
     Ok(verified)
 }
@@ -164,5 +210,23 @@ mod tests {
         assert_eq!(verified_cosignatures(&add(&note, &stranger.cosign(&text, 5)), &[key]).unwrap(), vec![]);
         assert!(WitnessKey::parse(&witness.verifier_key().replace("witness.example", "other.example")).is_err(), "the key id binds the name");
         assert!(CosigningKey::from_seed("two words", [1; 32]).is_err());
+    }
+
+    #[test]
+    fn a_stored_key_survives_a_restart_keeps_its_name_and_is_private() {
+        let dir = std::env::temp_dir().join(format!("tiergate-witness-key-{}", uuid::Uuid::new_v4()));
+        let path = dir.join("witness.key");
+
+        let first = CosigningKey::load_or_create(&path, "witness.example/w1").unwrap();
+        let again = CosigningKey::load_or_create(&path, "witness.example/w1").unwrap();
+
+        assert_eq!(first.verifier_key(), again.verifier_key());
+        assert!(CosigningKey::load_or_create(&path, "witness.example/w2").is_err(), "a key keeps its name");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -33,6 +33,12 @@ pub(super) fn entry_line(entry: &str, recorded_leaf: &[u8]) -> String {
 
 /// The entries of an export (either format), in order, as JSON; lines that are not JSON are
 /// skipped (verification reports them).
+/// The signed checkpoint in an export's header (with any cosignatures it carries).
+pub fn export_checkpoint(export: &str) -> Option<String> {
+    let header: Value = serde_json::from_str(export.lines().next()?).ok()?;
+    header.get("checkpoint")?.as_str().map(str::to_owned)
+}
+
 pub fn export_entries(export: &str) -> impl Iterator<Item = Value> + '_ {
     let wrapped = !export.lines().next().is_some_and(|header| header.contains(EXPORT_FORMAT_V1));
     export.lines().skip(1).filter_map(move |line| {

@@ -7,13 +7,15 @@ mod export;
 mod hashes;
 mod integrity;
 mod tiles;
+mod witnessing;
 
 pub use bundle::{BUNDLE_FORMAT, BundleError, verify_bundle};
 pub use checkpoint::{CheckpointSigner, verify_checkpoint};
-pub use cosignature::{CosigningKey, WitnessKey, verified_cosignatures};
-pub use export::{EXPORT_FORMAT, ExportError, VerifiedExport, export_entries, verify_export};
+pub use cosignature::{CosigningKey, WitnessKey, cosignature_lines, verified_cosignatures};
+pub use export::{EXPORT_FORMAT, ExportError, VerifiedExport, export_checkpoint, export_entries, verify_export};
 pub use integrity::{ANCHOR_FILE, Anchor, AnchorFile, Contradiction, ContradictionKind};
 pub use tiles::{TILE_HEIGHT, TilePath};
+pub use witnessing::{RemoteWitnessHealth, WitnessHealth, Witnessing};
 
 use std::{
     collections::HashMap,
@@ -71,6 +73,8 @@ pub struct Ledger {
     signing: tokio::sync::Mutex<SigningState>,
     /// Set when the stored tree contradicts a signed checkpoint: nothing is signed or appended.
     halted: std::sync::RwLock<Option<Contradiction>>,
+    /// The witnesses published checkpoints are sent to, if any.
+    witnessing: Option<Arc<Witnessing>>,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +148,30 @@ pub struct PublishedCheckpoint {
     pub checkpoint: String,
     /// The replica that signed it (absent for checkpoints from before this was recorded).
     pub published_by: Option<String>,
+    /// Witnesses' cosignatures of it (c2sp.org/tlog-cosignature), oldest witness name first.
+    pub cosignatures: Vec<CheckpointCosignature>,
+}
+
+impl PublishedCheckpoint {
+    /// The signed note with every cosignature added: what a verifier demanding witnesses reads.
+    pub fn cosigned_note(&self) -> String {
+        let mut note = self.checkpoint.clone();
+        for cosignature in &self.cosignatures {
+            note.push_str(&cosignature.signature);
+            note.push('\n');
+        }
+        note
+    }
+}
+
+/// One witness's cosignature of a published checkpoint (also the API body).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CheckpointCosignature {
+    pub witness: String,
+    /// When the witness cosigned it (its own clock), RFC 3339.
+    pub time: String,
+    /// The note signature line (`— <witness> <base64>`), to append to the checkpoint.
+    pub signature: String,
 }
 
 /// One entry as listed to an auditor (also the API body).
@@ -178,7 +206,18 @@ impl Ledger {
             anchor_file: None,
             signing: tokio::sync::Mutex::new(SigningState::default()),
             halted: std::sync::RwLock::new(None),
+            witnessing: None,
         }
+    }
+
+    /// Sends every published checkpoint to these witnesses (`Witnessing::run` does the sending).
+    pub fn with_witnessing(mut self, witnessing: Arc<Witnessing>) -> Ledger {
+        self.witnessing = Some(witnessing);
+        self
+    }
+
+    pub fn witnessing(&self) -> Option<&Arc<Witnessing>> {
+        self.witnessing.as_ref()
     }
 
     /// Keeps the newest signed note in `path` too (outside the database), so that a database
@@ -415,19 +454,45 @@ impl Ledger {
         }
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         self.store.ledger_insert_checkpoint(size as i64, &now, &note, &self.replica).await?;
+        if let Some(witnessing) = &self.witnessing {
+            witnessing.wake();
+        }
         Ok(Some((size, note)))
     }
 
-    /// Published checkpoints, newest first.
+    /// Published checkpoints, newest first, each with its cosignatures.
     pub async fn published_checkpoints(&self, limit: i64) -> anyhow::Result<Vec<PublishedCheckpoint>> {
-        Ok(self
-            .store
-            .ledger_checkpoints(limit)
-            .await?
+        self.with_cosignatures(self.store.ledger_checkpoints(limit).await?).await
+    }
+
+    /// The newest published checkpoint cosigned by the witness quorum (none without witnesses).
+    pub async fn witnessed_checkpoint(&self) -> anyhow::Result<Option<PublishedCheckpoint>> {
+        let Some(witnessing) = &self.witnessing else { return Ok(None) };
+        let Some(stored) = self.store.ledger_newest_witnessed(&witnessing.names(), witnessing.quorum()).await? else { return Ok(None) };
+        Ok(self.with_cosignatures(vec![stored]).await?.pop())
+    }
+
+    async fn with_cosignatures(&self, stored: Vec<crate::store::StoredCheckpoint>) -> anyhow::Result<Vec<PublishedCheckpoint>> {
+        let (Some(min), Some(max)) = (stored.iter().map(|c| c.tree_size).min(), stored.iter().map(|c| c.tree_size).max()) else {
+            return Ok(Vec::new());
+        };
+        let mut cosignatures: HashMap<i64, Vec<CheckpointCosignature>> = HashMap::new();
+        for cosignature in self.store.ledger_cosignatures_between(min, max).await? {
+            let time = chrono::DateTime::from_timestamp(cosignature.cosigned_at, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default();
+            cosignatures.entry(cosignature.tree_size).or_default().push(CheckpointCosignature {
+                witness: cosignature.witness,
+                time,
+                signature: cosignature.signature,
+            });
+        }
+        Ok(stored
             .into_iter()
             .map(|stored| PublishedCheckpoint {
                 tree_size: stored.tree_size as u64,
                 time: stored.created_at,
+                cosignatures: cosignatures.remove(&stored.tree_size).unwrap_or_default(),
                 checkpoint: stored.note,
                 published_by: stored.published_by,
             })
@@ -559,6 +624,19 @@ impl Ledger {
     pub async fn export_stream(&self) -> anyhow::Result<impl Stream<Item = anyhow::Result<String>> + Send + 'static> {
         let (size, note) = self.checkpoint().await?;
         self.export_stream_at(size, note)
+    }
+
+    /// The export of the entries a published checkpoint covers, under its note with every
+    /// cosignature it has (the stored tree must still have that checkpoint's root).
+    pub async fn export_stream_of(
+        &self,
+        published: &PublishedCheckpoint,
+    ) -> anyhow::Result<impl Stream<Item = anyhow::Result<String>> + Send + 'static> {
+        let (size, signed_root) = verify_checkpoint(&published.checkpoint, &self.signer.verifier_keys())?;
+        let mut conn = self.store.pool().acquire().await.context("acquiring connection")?;
+        let root = with_stored_hashes(&mut conn, |reader| tree_hash(size, reader)).await?;
+        anyhow::ensure!(root == signed_root, "the stored tree of {size} entries no longer has the root of its published checkpoint");
+        self.export_stream_at(size, published.cosigned_note())
     }
 
     /// The export of the first `size` entries under the signed `note` of that tree.

@@ -51,6 +51,26 @@ pub struct StoredCheckpoint {
     pub published_by: Option<String>,
 }
 
+/// A witness's cosignature of a published checkpoint, as stored.
+#[derive(Debug, Clone)]
+pub struct StoredCosignature {
+    pub tree_size: i64,
+    pub witness: String,
+    /// The witness's timestamp (Unix seconds).
+    pub cosigned_at: i64,
+    /// The note signature line.
+    pub signature: String,
+}
+
+fn checkpoint_from(row: &sqlx::any::AnyRow) -> Result<StoredCheckpoint, sqlx::Error> {
+    Ok(StoredCheckpoint {
+        tree_size: row.try_get("tree_size")?,
+        created_at: row.try_get("created_at")?,
+        note: row.try_get("note")?,
+        published_by: row.try_get("published_by")?,
+    })
+}
+
 /// The advisory lock every writing transaction holds on PostgreSQL ("tiergate" in ASCII).
 const WRITE_LOCK_KEY: i64 = 0x7469_6572_6761_7465;
 
@@ -356,5 +376,87 @@ impl Store {
     pub async fn ledger_count(&self) -> anyhow::Result<i64> {
         let mut conn = self.pool.acquire().await.context("acquiring connection")?;
         Store::ledger_size(&mut conn).await
+    }
+
+    /// Keeps a witness's cosignature of the published checkpoint of `tree_size` (once per
+    /// witness and size).
+    pub async fn ledger_insert_cosignature(&self, cosignature: &StoredCosignature, received_at: &str) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO ledger_cosignatures (tree_size, witness, cosigned_at, signature, received_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (tree_size, witness) DO NOTHING",
+        )
+        .bind(cosignature.tree_size)
+        .bind(&cosignature.witness)
+        .bind(cosignature.cosigned_at)
+        .bind(&cosignature.signature)
+        .bind(received_at)
+        .execute(&self.pool)
+        .await
+        .context("storing a cosignature")?;
+        Ok(())
+    }
+
+    /// Cosignatures of checkpoints from `min_size` to `max_size` (inclusive), by size then witness.
+    pub async fn ledger_cosignatures_between(&self, min_size: i64, max_size: i64) -> anyhow::Result<Vec<StoredCosignature>> {
+        let rows = sqlx::query(
+            "SELECT tree_size, witness, cosigned_at, signature FROM ledger_cosignatures
+             WHERE tree_size >= $1 AND tree_size <= $2 ORDER BY tree_size, witness",
+        )
+        .bind(min_size)
+        .bind(max_size)
+        .fetch_all(&self.pool)
+        .await
+        .context("reading cosignatures")?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredCosignature {
+                    tree_size: row.try_get("tree_size")?,
+                    witness: row.try_get("witness")?,
+                    cosigned_at: row.try_get("cosigned_at")?,
+                    signature: row.try_get("signature")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .context("decoding cosignatures")
+    }
+
+    /// The newest published checkpoint cosigned by at least `quorum` of `witnesses`.
+    pub async fn ledger_newest_witnessed(&self, witnesses: &[String], quorum: usize) -> anyhow::Result<Option<StoredCheckpoint>> {
+        if witnesses.is_empty() || quorum == 0 {
+            return Ok(None);
+        }
+        let names: Vec<String> = (0..witnesses.len()).map(|i| format!("${}", i + 2)).collect();
+        let statement = format!(
+            "SELECT tree_size, created_at, note, published_by FROM ledger_checkpoints WHERE tree_size IN (
+                 SELECT tree_size FROM ledger_cosignatures WHERE witness IN ({}) GROUP BY tree_size HAVING COUNT(*) >= $1
+             ) ORDER BY tree_size DESC LIMIT 1",
+            names.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement)).bind(quorum as i64);
+        for witness in witnesses {
+            query = query.bind(witness);
+        }
+        let row = query.fetch_optional(&self.pool).await.context("reading the newest witnessed checkpoint")?;
+        row.map(|row| checkpoint_from(&row)).transpose().context("decoding the newest witnessed checkpoint")
+    }
+
+    /// When the oldest checkpoint larger than `tree_size` was published (RFC 3339), if any.
+    pub async fn ledger_first_checkpoint_after(&self, tree_size: i64) -> anyhow::Result<Option<String>> {
+        let row = sqlx::query("SELECT created_at FROM ledger_checkpoints WHERE tree_size > $1 ORDER BY tree_size LIMIT 1")
+            .bind(tree_size)
+            .fetch_optional(&self.pool)
+            .await
+            .context("reading checkpoints")?;
+        row.map(|row| row.try_get("created_at")).transpose().context("decoding a checkpoint time")
+    }
+
+    /// The largest tree size `witness` cosigned, if any.
+    pub async fn ledger_witness_newest_size(&self, witness: &str) -> anyhow::Result<Option<i64>> {
+        let row = sqlx::query("SELECT MAX(tree_size) AS size FROM ledger_cosignatures WHERE witness = $1")
+            .bind(witness)
+            .fetch_one(&self.pool)
+            .await
+            .context("reading cosignatures")?;
+        row.try_get("size").context("decoding a cosigned size")
     }
 }

@@ -7,7 +7,7 @@ mod reviews;
 
 pub use artifacts::{AliasHistoryRow, AliasMove, NewArtifactVersion, ShadowRow, StoredArtifactVersion};
 pub use keys::KeyRow;
-pub use ledger::{LedgerFilter, LedgerRow, StoredCheckpoint};
+pub use ledger::{LedgerFilter, LedgerRow, StoredCheckpoint, StoredCosignature};
 pub use reviews::ReviewRow;
 
 use std::str::FromStr;
