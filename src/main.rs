@@ -522,7 +522,7 @@ async fn serve_witness(identity: &WitnessIdentity, listen: &str, log_keys: &[Str
     // Printed on stdout so scripts that bind port 0 can find the witness.
     println!("tiergate witness listening on http://{}", listener.local_addr()?);
     std::io::stdout().flush()?;
-    tiergate::witness::serve(std::sync::Arc::new(witness), listener).await?;
+    tiergate::witness::server(std::sync::Arc::new(witness), listener)?.await.context("serving the witness")?;
     Ok(ExitCode::SUCCESS)
 }
 

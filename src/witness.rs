@@ -216,10 +216,11 @@ async fn add_checkpoint(witness: web::Data<Arc<Witness>>, body: web::Bytes) -> H
     }
 }
 
-/// Serves the witness's submission prefix (`POST /add-checkpoint`) on `listener` until stopped.
-pub async fn serve(witness: Arc<Witness>, listener: std::net::TcpListener) -> anyhow::Result<()> {
+/// The witness's HTTP server for its submission prefix (`POST /add-checkpoint`) on `listener`;
+/// it runs when awaited (or spawned: the server is `Send`).
+pub fn server(witness: Arc<Witness>, listener: std::net::TcpListener) -> anyhow::Result<actix_web::dev::Server> {
     let witness = web::Data::new(witness);
-    actix_web::HttpServer::new(move || {
+    Ok(actix_web::HttpServer::new(move || {
         actix_web::App::new()
             .app_data(witness.clone())
             .app_data(web::PayloadConfig::new(64 * 1024))
@@ -228,9 +229,7 @@ pub async fn serve(witness: Arc<Witness>, listener: std::net::TcpListener) -> an
     .workers(2)
     .listen(listener)
     .context("listening")?
-    .run()
-    .await
-    .context("serving the witness")
+    .run())
 }
 
 #[cfg(test)]

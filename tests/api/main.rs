@@ -17,3 +17,4 @@ mod operations;
 mod policies;
 mod registry;
 mod startup;
+mod witness;

@@ -22,3 +22,5 @@ mod policies;
 #[path = "../api/registry.rs"]
 mod registry;
 mod replicas;
+#[path = "../api/witness.rs"]
+mod witness;
