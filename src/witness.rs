@@ -114,11 +114,11 @@ impl Witness {
                 tracing::warn!(origin, size, note = request.note, "refused a checkpoint of the cosigned size with another root: the log forked");
                 return Err(refuse(409, format!("a checkpoint of size {size} with another root was cosigned: the log forked")));
             }
-        } else if request.old_size > 0 {
-            if let Err(error) = check_tree(&request.proof, size, root, request.old_size, latest_root) {
-                tracing::warn!(origin, old_size = request.old_size, size, note = request.note, %error, "refused a checkpoint that does not extend the cosigned one");
-                return Err(refuse(422, format!("the consistency proof from size {} to {size} does not verify", request.old_size)));
-            }
+        } else if request.old_size > 0
+            && let Err(error) = check_tree(&request.proof, size, root, request.old_size, latest_root)
+        {
+            tracing::warn!(origin, old_size = request.old_size, size, note = request.note, %error, "refused a checkpoint that does not extend the cosigned one");
+            return Err(refuse(422, format!("the consistency proof from size {} to {size} does not verify", request.old_size)));
         }
         self.store(&origin, &request.note).map_err(|e| refuse(500, format!("{e:#}")))?;
         tracing::info!(origin, size, "cosigned");

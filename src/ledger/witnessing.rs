@@ -182,7 +182,7 @@ impl Witnessing {
         let pending = self.witnesses.iter().filter(|w| !have.contains(&w.key.name));
         let newest = &newest;
         let outcomes = futures::future::join_all(pending.map(|witness| async move {
-            let outcome = self.ask(ledger, witness, &newest).await.unwrap_or_else(|error| Outcome::Refused(format!("{error:#}")));
+            let outcome = self.ask(ledger, witness, newest).await.unwrap_or_else(|error| Outcome::Refused(format!("{error:#}")));
             (witness, outcome)
         }))
         .await;
