@@ -62,6 +62,7 @@ pub struct StoredCosignature {
     pub signature: String,
 }
 
+/// A `ledger_checkpoints` row (every query of it selects these four columns).
 fn checkpoint_from(row: &sqlx::any::AnyRow) -> Result<StoredCheckpoint, sqlx::Error> {
     Ok(StoredCheckpoint {
         tree_size: row.try_get("tree_size")?,
@@ -262,17 +263,7 @@ impl Store {
             .fetch_all(&self.pool)
             .await
             .context("reading checkpoints")?;
-        rows.iter()
-            .map(|row| {
-                Ok(StoredCheckpoint {
-                    tree_size: row.try_get("tree_size")?,
-                    created_at: row.try_get("created_at")?,
-                    note: row.try_get("note")?,
-                    published_by: row.try_get("published_by")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .context("decoding checkpoints")
+        rows.iter().map(checkpoint_from).collect::<Result<_, sqlx::Error>>().context("decoding checkpoints")
     }
 
     /// Takes or renews the lease that makes `replica` the one signing scheduled checkpoints.
@@ -361,16 +352,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await
         .context("reading the newest checkpoint")?;
-        row.map(|row| {
-            Ok(StoredCheckpoint {
-                tree_size: row.try_get("tree_size")?,
-                created_at: row.try_get("created_at")?,
-                note: row.try_get("note")?,
-                published_by: row.try_get("published_by")?,
-            })
-        })
-        .transpose()
-        .map_err(|e: sqlx::Error| anyhow::Error::from(e).context("decoding the newest checkpoint"))
+        row.map(|row| checkpoint_from(&row)).transpose().context("decoding the newest checkpoint")
     }
 
     pub async fn ledger_count(&self) -> anyhow::Result<i64> {
