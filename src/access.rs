@@ -224,6 +224,18 @@ impl Access {
             // A wrong secret for a real id is reported like an unknown key: nothing to probe.
             return Ok(Err(AuthError::Unknown(key_id.to_owned())));
         }
+        self.caller(&row, now)
+    }
+
+    /// The caller behind a key id the gateway already authenticated (a console session's key),
+    /// checked afresh: a key revoked or expired since then no longer counts.
+    pub async fn authenticate_key_id(&self, key_id: &str, now: DateTime<Utc>) -> anyhow::Result<Result<Caller, AuthError>> {
+        let Some(row) = self.store.key(key_id).await? else { return Ok(Err(AuthError::Unknown(key_id.to_owned()))) };
+        self.caller(&row, now)
+    }
+
+    fn caller(&self, row: &KeyRow, now: DateTime<Utc>) -> anyhow::Result<Result<Caller, AuthError>> {
+        let key_id = row.key_id.as_str();
         if let Some(revoked) = &row.revoked_at {
             return Ok(Err(AuthError::Revoked(key_id.to_owned(), revoked.clone())));
         }
@@ -233,7 +245,7 @@ impl Access {
                 return Ok(Err(AuthError::Expired(key_id.to_owned(), expires.clone())));
             }
         }
-        let info = info(&row);
+        let info = info(row);
         Ok(Ok(Caller {
             key_id: info.key_id,
             subject: info.subject,
@@ -252,8 +264,13 @@ impl Access {
         Ok(self.store.key(key_id).await?.as_ref().map(info))
     }
 
+    /// Revokes a key and ends its console sessions.
     pub async fn revoke(&self, key_id: &str, now: &str) -> anyhow::Result<bool> {
-        self.store.revoke_key(key_id, now).await
+        let revoked = self.store.revoke_key(key_id, now).await?;
+        if revoked {
+            self.store.end_sessions_of_key(key_id, now).await?;
+        }
+        Ok(revoked)
     }
 
     /// Takes one inference request from the key's bucket, or says after how many seconds

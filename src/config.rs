@@ -48,6 +48,10 @@ pub struct Settings {
     /// An admin API key (`tg_<16 hex>.<secret>`) to install at start-up, for automated
     /// deployments; without it the first start creates one and prints it once.
     pub bootstrap_admin_key: Option<String>,
+    /// A web console session ends after this long without a page view.
+    pub console_session_idle_s: u64,
+    /// A web console session ends this long after sign-in, however busy.
+    pub console_session_max_s: u64,
     /// Inference requests per minute per API key, unless the key sets its own (none = no limit).
     pub rate_limit_per_minute: Option<u32>,
     /// Generations one tier runs at once. 1 by default: on a CPU, mistral.rs's aggregate
@@ -96,6 +100,8 @@ impl Default for Settings {
             witness_retry_s: 10,
             max_uncosigned_s: 600,
             bootstrap_admin_key: None,
+            console_session_idle_s: 30 * 60,
+            console_session_max_s: 12 * 60 * 60,
             rate_limit_per_minute: None,
             tier_concurrency: 1,
             tier_queue_depth: 64,

@@ -4,6 +4,7 @@ pub mod access;
 pub mod api;
 pub mod canonical;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod evidence;
 pub mod inference;

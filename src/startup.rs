@@ -112,7 +112,11 @@ impl Application {
         let bootstrap_key = bootstrap_admin(&access, settings.bootstrap_admin_key.as_deref()).await?;
         let document = api::openapi_document();
         let requirements = Arc::new(Requirements::from_openapi(&document)?);
-        let state = web::Data::new(AppState { router, store, registry, loader, access, requirements });
+        let console = crate::console::ConsoleConfig {
+            session_idle: Duration::from_secs(settings.console_session_idle_s),
+            session_max: Duration::from_secs(settings.console_session_max_s),
+        };
+        let state = web::Data::new(AppState { router, store, registry, loader, access, requirements, console });
 
         let listener = TcpListener::bind(&settings.bind).with_context(|| format!("binding {}", settings.bind))?;
         let address = listener.local_addr().context("reading the bound address")?;
@@ -127,6 +131,8 @@ impl Application {
                 // The completed document (api::openapi_document), not the bare generated one.
                 .openapi_service(|_generated| SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", document.clone()))
                 .into_app()
+                // Not in the OpenAPI document: HTML pages, with the API's role rules.
+                .configure(crate::console::routes)
                 .default_service(web::to(api::not_found))
                 // Outermost last: the request id exists before authorization logs or refuses.
                 .wrap(from_fn(api::access::authorize))

@@ -26,6 +26,11 @@ pub struct IssuedKey {
 #[post("/v1/keys")]
 pub async fn create_key(state: web::Data<AppState>, caller: Caller, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let new: NewKey = parse_json_body(&body)?;
+    Ok(HttpResponse::Created().json(issue(&state, &caller, &new).await?))
+}
+
+/// Checks a key request and issues it (the API and the console's Keys page).
+pub async fn issue(state: &AppState, caller: &Caller, new: &NewKey) -> Result<IssuedKey, ApiError> {
     let subject = new.subject.trim();
     if subject.is_empty() || subject.len() > 200 {
         return Err(ApiError::InvalidRequest("subject: must be 1 to 200 characters".into()));
@@ -39,9 +44,9 @@ pub async fn create_key(state: web::Data<AppState>, caller: Caller, body: web::B
     if new.expires_at.is_some_and(|t| t <= chrono::Utc::now()) {
         return Err(ApiError::InvalidRequest("expires_at: must be in the future".into()));
     }
-    let (key, token) = state.access.issue(&new, &caller.subject, &super::now()).await?;
+    let (key, token) = state.access.issue(new, &caller.subject, &super::now()).await?;
     tracing::info!(key_id = %key.key_id, subject = %key.subject, roles = ?key.roles, by = %caller.key_id, "API key issued");
-    Ok(HttpResponse::Created().json(IssuedKey { key, token }))
+    Ok(IssuedKey { key, token })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -105,14 +110,17 @@ pub async fn get_key(state: web::Data<AppState>, key_id: web::Path<String>) -> R
 )]
 #[delete("/v1/keys/{key_id}")]
 pub async fn revoke_key(state: web::Data<AppState>, caller: Caller, key_id: web::Path<String>) -> Result<HttpResponse, ApiError> {
-    let key_id = key_id.into_inner();
-    let Some(existing) = state.access.get(&key_id).await? else {
+    Ok(HttpResponse::Ok().json(revoke(&state, &caller, &key_id).await?))
+}
+
+/// Revokes a key (the API and the console's Keys page).
+pub async fn revoke(state: &AppState, caller: &Caller, key_id: &str) -> Result<KeyInfo, ApiError> {
+    let Some(existing) = state.access.get(key_id).await? else {
         return Err(ApiError::NotFound(format!("key {key_id} does not exist")));
     };
-    if !state.access.revoke(&key_id, &super::now()).await? {
+    if !state.access.revoke(key_id, &super::now()).await? {
         return Err(ApiError::Conflict(format!("key {key_id} was already revoked at {}", existing.revoked_at.unwrap_or_default())));
     }
     tracing::info!(key_id = %key_id, by = %caller.key_id, "API key revoked");
-    let revoked = state.access.get(&key_id).await?.ok_or_else(|| ApiError::NotFound(format!("key {key_id} does not exist")))?;
-    Ok(HttpResponse::Ok().json(revoked))
+    state.access.get(key_id).await?.ok_or_else(|| ApiError::NotFound(format!("key {key_id} does not exist")))
 }

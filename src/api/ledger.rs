@@ -272,7 +272,7 @@ pub(super) fn rfc3339_param(name: &str, value: &Option<String>) -> Result<Option
 }
 
 impl LedgerQuery {
-    fn into_filter(self) -> Result<LedgerFilter, ApiError> {
+    pub(crate) fn into_filter(self) -> Result<LedgerFilter, ApiError> {
         let limit = self.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::InvalidRequest(format!("limit: {limit} is outside 1..=1000")));

@@ -36,6 +36,8 @@ pub struct AppState {
     pub access: Arc<Access>,
     /// The roles each operation needs, read from this API's OpenAPI document.
     pub requirements: Arc<access::Requirements>,
+    /// The web console's session limits.
+    pub console: crate::console::ConsoleConfig,
 }
 
 #[derive(OpenApi)]

@@ -92,7 +92,7 @@ impl From<StoredArtifactVersion> for VersionSummary {
     }
 }
 
-fn detail(version: StoredArtifactVersion) -> Result<VersionDetail, ApiError> {
+pub(crate) fn detail(version: StoredArtifactVersion) -> Result<VersionDetail, ApiError> {
     let document: Value = serde_json::from_str(&version.canonical).map_err(|e| {
         ApiError::Internal(anyhow::anyhow!("stored canonical form of {} {}@{} is not JSON: {e}", version.kind, version.id, version.version))
     })?;
@@ -256,7 +256,7 @@ pub async fn list_versions(state: web::Data<AppState>, path: web::Path<(CardColl
     Ok(HttpResponse::Ok().json(VersionList { id, active_version, versions, activations }))
 }
 
-async fn find(state: &AppState, collection: CardCollection, id: &str, version: i64) -> Result<StoredArtifactVersion, ApiError> {
+pub(crate) async fn find(state: &AppState, collection: CardCollection, id: &str, version: i64) -> Result<StoredArtifactVersion, ApiError> {
     let kind = collection.kind().as_str();
     state.store.artifact_version(kind, id, version).await?.ok_or_else(|| ApiError::NotFound(format!("{kind} {id}@{version} does not exist")))
 }

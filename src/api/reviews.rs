@@ -139,8 +139,14 @@ pub struct Recorded {
 )]
 #[post("/v1/reviews/{ledger_index}/verdict")]
 pub async fn record_verdict(state: web::Data<AppState>, caller: Caller, index: web::Path<i64>, body: web::Bytes) -> Result<HttpResponse, ApiError> {
-    let index = index.into_inner();
     let request: VerdictRequest = parse_json_body(&body)?;
+    let ledger_index = decide(&state, &caller, index.into_inner(), &request).await?;
+    Ok(HttpResponse::Ok().json(Recorded { ledger_index }))
+}
+
+/// Records a verdict on the held answer at ledger `index` and returns the verdict's ledger
+/// index (the API and the console's review queue).
+pub async fn decide(state: &AppState, caller: &Caller, index: i64, request: &VerdictRequest) -> Result<u64, ApiError> {
     let correction = request.correction.as_deref().map(str::trim).filter(|c| !c.is_empty());
     match (request.verdict, correction) {
         (Verdict::Correct, None) => return Err(ApiError::InvalidRequest("correction: required with the verdict \"correct\"".into())),
@@ -179,8 +185,8 @@ pub async fn record_verdict(state: web::Data<AppState>, caller: Caller, index: w
         }),
     };
     let appended = tx.commit(entry).await?;
-    count_feedback(&state, &held.system_id, &answered, correct);
-    Ok(HttpResponse::Ok().json(Recorded { ledger_index: appended.index }))
+    count_feedback(state, &held.system_id, &answered, correct);
+    Ok(appended.index)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -730,6 +730,11 @@ impl Ledger {
         tiles::read_tile(&self.store, size, path).await
     }
 
+    /// The entry at `index` exactly as stored: its canonical JSON text, the Merkle leaf's data.
+    pub async fn entry_text(&self, index: u64) -> anyhow::Result<Option<String>> {
+        self.store.ledger_entry(index as i64).await
+    }
+
     /// The entry at `index` as stored (canonical JSON), if any.
     pub async fn entry(&self, index: u64) -> anyhow::Result<Option<Value>> {
         match self.store.ledger_entry(index as i64).await? {
