@@ -26,7 +26,7 @@ fn arg(name: &str, default: u64) -> u64 {
 }
 
 fn entry(i: u64) -> EntryDraft {
-    let escalated = i % 4 == 0;
+    let escalated = i.is_multiple_of(4);
     let attempt = |tier: u64, action: &str| {
         json!({
             "tier": tier, "tier_name": if tier == 0 { "small" } else { "large" },
@@ -103,7 +103,8 @@ async fn main() -> anyhow::Result<()> {
 
     // Sign in as a browser would: the sign-in page's nonce cookie and field, then the form.
     let page = client.get(format!("{address}/console/sign-in")).send().await?;
-    let nonce_cookie = page.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().split(';').next().unwrap_or_default().to_owned();
+    let nonce_cookie =
+        page.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().split(';').next().unwrap_or_default().to_owned();
     let html = page.text().await?;
     let nonce = html.split("name=\"nonce\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap_or_default().to_owned();
     let signed_in = client
