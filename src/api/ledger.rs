@@ -142,15 +142,21 @@ pub async fn export(state: web::Data<AppState>, query: web::Query<ExportQuery>) 
         }
         Some(other) => return Err(ApiError::InvalidRequest(format!("checkpoint: {other:?} is neither `current` nor `witnessed`"))),
     };
-    let body = chunks.map(|chunk| {
+    Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(export_body(chunks)))
+}
+
+/// An export's chunks as a response body (the API's export and the console's download).
+pub(crate) fn export_body(
+    chunks: impl futures::Stream<Item = anyhow::Result<String>>,
+) -> impl futures::Stream<Item = Result<web::Bytes, actix_web::Error>> {
+    chunks.map(|chunk| {
         chunk.map(web::Bytes::from).map_err(|error| {
             // Headers are gone by now: log the cause and cut the stream, so the export fails
             // verification rather than looking complete.
             tracing::error!(error = ?error, "ledger export failed mid-stream");
             actix_web::error::ErrorInternalServerError("ledger export failed")
         })
-    });
-    Ok(HttpResponse::Ok().content_type("application/x-ndjson").streaming(body))
+    })
 }
 
 #[derive(Serialize, ToSchema)]

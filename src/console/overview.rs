@@ -6,6 +6,8 @@ use std::{collections::BTreeMap, fmt::Write};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use crate::evidence::{chart::escape, percentile};
+
 /// Latency percentiles (nearest rank), milliseconds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Percentiles {
@@ -20,8 +22,7 @@ impl Percentiles {
             return None;
         }
         values.sort_by(f64::total_cmp);
-        let rank = |q: f64| values[((q * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1];
-        Some(Percentiles { p50: rank(0.50), p95: rank(0.95), p99: rank(0.99) })
+        Some(Percentiles { p50: percentile(values, 50.0), p95: percentile(values, 95.0), p99: percentile(values, 99.0) })
     }
 }
 
@@ -272,10 +273,6 @@ pub fn timeline(entries: &[Value], since: DateTime<Utc>, until: DateTime<Utc>) -
     );
     svg.push_str("</svg>");
     svg
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 #[cfg(test)]

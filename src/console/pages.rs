@@ -4,7 +4,6 @@
 use actix_web::{HttpRequest, HttpResponse, http::StatusCode, web};
 use askama::Template;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -19,7 +18,7 @@ use crate::{
     access::{KeyInfo, NewKey, Role},
     api::{
         AppState,
-        ledger::LedgerQuery,
+        ledger::{LedgerQuery, export_body},
         registry::{CardCollection, VersionDetail, detail, find},
         reviews::{Verdict, VerdictRequest, decide},
     },
@@ -297,10 +296,11 @@ pub async fn entry(state: web::Data<AppState>, req: HttpRequest, index: web::Pat
         ConsoleError::new(StatusCode::NOT_FOUND, "No such entry", format!("{:?} is not an entry index (a number from 0)", index.as_str()))
     })?;
     let ledger = state.router.ledger();
-    let not_found = || ConsoleError::new(StatusCode::NOT_FOUND, "No such entry", format!("The ledger has no entry {index}."));
-    let proven = ledger.prove(index).await?.ok_or_else(not_found)?;
-    // The exact stored bytes: what the browser hashes into the leaf.
-    let entry_text = ledger.entry_text(index).await?.ok_or_else(not_found)?;
+    // With the exact stored bytes: what the browser hashes into the leaf.
+    let (proven, entry_text) = ledger
+        .prove_with_text(index)
+        .await?
+        .ok_or_else(|| ConsoleError::new(StatusCode::NOT_FOUND, "No such entry", format!("The ledger has no entry {index}.")))?;
     let entry = &proven.entry;
     let attempts = entry
         .get("attempts")
@@ -416,13 +416,7 @@ pub async fn verify_log(state: web::Data<AppState>, req: HttpRequest) -> Page {
 pub async fn export(state: web::Data<AppState>, req: HttpRequest) -> Page {
     let signed_in = require(&state, &req).await?;
     EXPORT_LEDGER.require(&state, &signed_in.caller)?;
-    let chunks = state.router.ledger().export_stream().await?;
-    let body = chunks.map(|chunk| {
-        chunk.map(web::Bytes::from).map_err(|error| {
-            tracing::error!(error = ?error, "ledger export failed mid-stream");
-            actix_web::error::ErrorInternalServerError("ledger export failed")
-        })
-    });
+    let body = export_body(state.router.ledger().export_stream().await?);
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .insert_header(("Content-Disposition", "attachment; filename=\"tiergate-ledger.jsonl\""))

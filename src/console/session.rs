@@ -14,9 +14,9 @@ use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{ConsoleError, check_form, check_origin, forged, html, is_https, same_token, see_other};
+use super::{ConsoleError, check_form, check_origin, forged, html, is_https, see_other};
 use crate::{
-    access::{AuthError, Caller},
+    access::{AuthError, Caller, constant_time_eq},
     api::AppState,
     canonical::sha256_hex,
     store::SessionRow,
@@ -67,12 +67,13 @@ pub async fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Signe
         ));
     };
     let now = Utc::now();
+    let idle = now - parse_stamp(&row.last_seen_at)?;
     if let Some(ended) = &row.ended_at {
         return Err(unauthenticated(format!("Your session ended at {ended} (signed out, or its key was revoked). Sign in again.")));
     }
     let expired = if now >= parse_stamp(&row.expires_at)? {
         Some(format!("Your session reached its limit of {} hours since sign-in.", state.console.session_max.as_secs() / 3600))
-    } else if now - parse_stamp(&row.last_seen_at)? >= chrono::Duration::from_std(state.console.session_idle).unwrap_or(chrono::Duration::MAX) {
+    } else if idle >= chrono::Duration::from_std(state.console.session_idle).unwrap_or(chrono::Duration::MAX) {
         Some(format!("Your session was idle for more than {} minutes.", state.console.session_idle.as_secs() / 60))
     } else {
         None
@@ -88,7 +89,7 @@ pub async fn current(state: &AppState, req: &HttpRequest) -> Result<Option<Signe
             return Err(unauthenticated(format!("{denied}; its session has ended.")));
         }
     };
-    if now - parse_stamp(&row.last_seen_at)? >= TOUCH_EVERY {
+    if idle >= TOUCH_EVERY {
         state.store.touch_session(&token_sha256, &stamp(now)).await?;
     }
     Ok(Some(SignedIn { caller, csrf: row.csrf_token, token_sha256 }))
@@ -209,7 +210,7 @@ pub struct SignInForm {
 pub async fn sign_in(state: web::Data<AppState>, req: HttpRequest, form: web::Form<SignInForm>) -> Result<HttpResponse, ConsoleError> {
     check_origin(&req)?;
     let expected = req.cookie(SIGN_IN_COOKIE).map(|c| c.value().to_owned()).unwrap_or_default();
-    if expected.is_empty() || !same_token(&expected, &form.nonce) {
+    if expected.is_empty() || !constant_time_eq(expected.as_bytes(), form.nonce.as_bytes()) {
         return Err(forged("it did not come from a sign-in page this browser loaded".into()));
     }
     let next = safe_next(form.next.as_deref());

@@ -113,6 +113,6 @@ fn axis(svg: &mut String, x: f64, top: f64, bottom: f64, max: f64, label: impl F
     }
 }
 
-fn escape(text: &str) -> String {
+pub(crate) fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }

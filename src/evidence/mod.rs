@@ -7,7 +7,7 @@
 //! tier) are derived from its card in the card directories and seeded next to it.
 
 pub mod calibrate;
-mod chart;
+pub(crate) mod chart;
 pub mod compare;
 mod workload;
 
@@ -202,7 +202,7 @@ pub fn single_tier_variant(card: &Value, keep: usize, suffix: &str, accept_all: 
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }

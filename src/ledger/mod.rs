@@ -501,6 +501,12 @@ impl Ledger {
 
     /// Entry `index` with its inclusion proof against a checkpoint of the current tree.
     pub async fn prove(&self, index: u64) -> anyhow::Result<Option<ProvenEntry>> {
+        Ok(self.prove_with_text(index).await?.map(|(proven, _)| proven))
+    }
+
+    /// [`Ledger::prove`], with the entry's stored text (the leaf's data) beside it, for a
+    /// verifier that hashes the leaf itself.
+    pub async fn prove_with_text(&self, index: u64) -> anyhow::Result<Option<(ProvenEntry, String)>> {
         self.refuse_if_halted()?;
         let mut tx = self.store.begin().await?;
         let size = Store::ledger_size(&mut tx).await? as u64;
@@ -513,7 +519,7 @@ impl Ledger {
         let Some(text) = self.store.ledger_entry(index as i64).await? else {
             return Ok(None);
         };
-        Ok(Some(ProvenEntry {
+        let proven = ProvenEntry {
             index,
             entry: serde_json::from_str(&text).context("decoding ledger entry")?,
             leaf_hash: leaf_hash_hex(text.as_bytes()),
@@ -521,7 +527,8 @@ impl Ledger {
             root_hash: hex::encode(root.0),
             proof: proof.iter().map(|h| hex::encode(h.0)).collect(),
             checkpoint: self.sign_extending(size, root).await?,
-        }))
+        };
+        Ok(Some((proven, text)))
     }
 
     /// Proof that the tree of `to_size` entries (default: the current tree) extends the tree
@@ -728,11 +735,6 @@ impl Ledger {
     pub async fn tile(&self, path: TilePath) -> anyhow::Result<Option<Vec<u8>>> {
         let size = self.store.ledger_count().await? as u64;
         tiles::read_tile(&self.store, size, path).await
-    }
-
-    /// The entry at `index` exactly as stored: its canonical JSON text, the Merkle leaf's data.
-    pub async fn entry_text(&self, index: u64) -> anyhow::Result<Option<String>> {
-        self.store.ledger_entry(index as i64).await
     }
 
     /// The entry at `index` as stored (canonical JSON), if any.
