@@ -4,6 +4,7 @@
 
 use std::{
     net::TcpListener,
+    os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -16,7 +17,9 @@ use crate::helpers::{TestApp, spawn_app, user_message};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// A headless chromium session; chromedriver is killed when this goes away.
+/// A headless chromium session. chromedriver runs in a process group of its own, and the
+/// whole group (chromedriver and every chromium process it started) is killed when this goes
+/// away, also when a test fails: killing chromedriver alone leaves chromium running.
 struct Browser {
     client: Client,
     driver: Child,
@@ -24,6 +27,7 @@ struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.driver.id())]).status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -39,13 +43,20 @@ async fn browser() -> Browser {
         "the console tests need Debian's chromium and chromium-driver (apt-get install chromium chromium-driver; .ci/run does)"
     );
     let port = free_port();
-    let driver =
-        Command::new(CHROMEDRIVER).arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("chromedriver starts");
+    let driver = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .process_group(0)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromedriver starts");
     let capabilities: serde_json::Map<String, Value> = serde_json::from_value(json!({
         "goog:chromeOptions": {
             "binary": CHROMIUM,
             // No sandbox: CI runs as root, where chromium refuses its sandbox.
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"],
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                // No crash handler: it would start in a session of its own and outlive the test.
+                "--disable-crash-reporter", "--disable-breakpad"],
         }
     }))
     .unwrap();
