@@ -1,14 +1,17 @@
-//! The overview's figures for one system over a window, computed from its ledger entries (so
-//! every replica shows the same numbers), and its timeline as server-rendered SVG.
+//! The overview's figures for one system over a window, from the ledger's per-minute and
+//! per-hour rollups (so every replica shows the same numbers, and a window of any size reads a
+//! bounded number of rows), and its timeline as server-rendered SVG.
 
-use std::{collections::BTreeMap, fmt::Write};
+use std::fmt::Write;
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
-use crate::evidence::{chart::escape, percentile};
+use crate::{
+    evidence::chart::escape,
+    ledger::rollup::{Histogram, Rollup, Tally},
+};
 
-/// Latency percentiles (nearest rank), milliseconds.
+/// Latency percentiles (nearest rank, read from the rollups' histograms: within 1%), milliseconds.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Percentiles {
     pub p50: f64,
@@ -17,12 +20,8 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(values: &mut [f64]) -> Option<Percentiles> {
-        if values.is_empty() {
-            return None;
-        }
-        values.sort_by(f64::total_cmp);
-        Some(Percentiles { p50: percentile(values, 50.0), p95: percentile(values, 95.0), p99: percentile(values, 99.0) })
+    fn of(histogram: &Histogram) -> Option<Percentiles> {
+        Some(Percentiles { p50: histogram.percentile(50.0)?, p95: histogram.percentile(95.0)?, p99: histogram.percentile(99.0)? })
     }
 }
 
@@ -46,12 +45,13 @@ pub struct Accuracy {
     pub judged: u64,
 }
 
-impl Accuracy {
-    fn add(&mut self, correct: bool) {
-        self.judged += 1;
-        self.correct += u64::from(correct);
+impl From<Tally> for Accuracy {
+    fn from(tally: Tally) -> Accuracy {
+        Accuracy { correct: tally.correct, judged: tally.judged }
     }
+}
 
+impl Accuracy {
     pub fn text(&self) -> String {
         if self.judged == 0 {
             "no feedback yet".into()
@@ -64,9 +64,40 @@ impl Accuracy {
 #[derive(Debug, Clone)]
 pub struct GovernanceEvent {
     pub index: u64,
-    pub time: String,
+    pub time: DateTime<Utc>,
     pub event: String,
     pub detail: String,
+}
+
+impl GovernanceEvent {
+    /// The event a governance entry records, or `None` for another kind of entry.
+    pub fn of(index: u64, entry: &serde_json::Value) -> Option<GovernanceEvent> {
+        use serde_json::Value;
+        if entry.get("type").and_then(Value::as_str) != Some("governance") {
+            return None;
+        }
+        let time = DateTime::parse_from_rfc3339(entry.get("time").and_then(Value::as_str)?).ok()?.with_timezone(&Utc);
+        Some(GovernanceEvent {
+            index,
+            time,
+            event: entry.get("event").and_then(Value::as_str).unwrap_or("governance").to_owned(),
+            detail: entry
+                .get("artifact")
+                .map(|a| {
+                    format!(
+                        "{} {}@{}",
+                        a.get("kind").and_then(Value::as_str).unwrap_or_default(),
+                        a.get("id").and_then(Value::as_str).unwrap_or_default(),
+                        a.get("version").map(ToString::to_string).unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default(),
+        })
+    }
+
+    pub fn time_text(&self) -> String {
+        self.time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,6 +122,40 @@ pub struct Figures {
 }
 
 impl Figures {
+    /// The figures of a window: its buckets' rollups merged, and its governance events.
+    pub fn of(buckets: &[(DateTime<Utc>, Rollup)], events: Vec<GovernanceEvent>) -> Figures {
+        let mut total = Rollup::default();
+        buckets.iter().for_each(|(_, rollup)| total.merge(rollup));
+        Figures {
+            requests: total.requests,
+            served: total.served,
+            held: total.held,
+            denied: total.denied,
+            other: total.other,
+            escalated: total.escalated,
+            served_by_first_tier: total.served_by_first_tier,
+            end_to_end: Percentiles::of(&total.end_to_end_ms),
+            tiers: total
+                .tiers
+                .into_iter()
+                .map(|(tier, rollup)| TierFigures {
+                    tier,
+                    name: rollup.name,
+                    attempts: rollup.attempts,
+                    accepted: rollup.accepted,
+                    latency: Percentiles::of(&rollup.latency_ms),
+                    prompt_tokens: rollup.prompt_tokens,
+                    completion_tokens: rollup.completion_tokens,
+                    cost: rollup.cost,
+                })
+                .collect(),
+            kept_accuracy: total.kept_feedback.into(),
+            escalated_accuracy: total.escalated_feedback.into(),
+            review_accuracy: total.reviews.into(),
+            events,
+        }
+    }
+
     pub fn escalation_rate(&self) -> String {
         percent(self.escalated, self.requests)
     }
@@ -109,121 +174,27 @@ pub fn percent(part: u64, whole: u64) -> String {
     if whole == 0 { "–".into() } else { format!("{:.1}%", 100.0 * part as f64 / whole as f64) }
 }
 
-/// Adds up one system's entries (inference, feedback, review and governance, any order).
-pub fn figures(entries: &[Value]) -> Figures {
-    let mut figures = Figures::default();
-    let mut end_to_end = Vec::new();
-    let mut tiers: BTreeMap<u64, (TierFigures, Vec<f64>)> = BTreeMap::new();
-    for entry in entries {
-        match entry.get("type").and_then(Value::as_str).unwrap_or_default() {
-            "inference" => {
-                figures.requests += 1;
-                match entry.get("outcome").and_then(Value::as_str).unwrap_or_default() {
-                    "served" => figures.served += 1,
-                    "held_for_review" => figures.held += 1,
-                    "denied" => figures.denied += 1,
-                    _ => figures.other += 1,
-                }
-                let escalated = entry.get("escalated").and_then(Value::as_bool).unwrap_or(false);
-                figures.escalated += u64::from(escalated);
-                let served_tier = entry.get("served_tier").and_then(Value::as_u64);
-                if served_tier == Some(0) && entry.get("outcome").and_then(Value::as_str) == Some("served") {
-                    figures.served_by_first_tier += 1;
-                }
-                let attempts = entry.get("attempts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-                let mut total_ms = 0.0;
-                for attempt in attempts {
-                    let tier = attempt.get("tier").and_then(Value::as_u64).unwrap_or_default();
-                    let (figures, latencies) = tiers.entry(tier).or_insert_with(|| {
-                        let name = attempt.get("tier_name").and_then(Value::as_str).unwrap_or_default().to_owned();
-                        (TierFigures { tier, name, ..Default::default() }, Vec::new())
-                    });
-                    figures.attempts += 1;
-                    if attempt.pointer("/accept/decision/action").and_then(Value::as_str) == Some("accept") {
-                        figures.accepted += 1;
-                    }
-                    let latency = attempt.get("latency_ms").and_then(Value::as_f64).unwrap_or_default();
-                    latencies.push(latency);
-                    total_ms += latency;
-                    figures.prompt_tokens += attempt.pointer("/tokens/prompt").and_then(Value::as_u64).unwrap_or_default();
-                    figures.completion_tokens += attempt.pointer("/tokens/completion").and_then(Value::as_u64).unwrap_or_default();
-                    figures.cost += attempt.get("cost").and_then(Value::as_f64).unwrap_or_default();
-                }
-                if !attempts.is_empty() {
-                    end_to_end.push(total_ms);
-                }
-            }
-            "feedback" => {
-                let correct = entry.get("correct").and_then(Value::as_bool).unwrap_or(false);
-                if entry.get("escalated").and_then(Value::as_bool).unwrap_or(false) {
-                    figures.escalated_accuracy.add(correct);
-                } else {
-                    figures.kept_accuracy.add(correct);
-                }
-            }
-            "review" => figures.review_accuracy.add(entry.get("correct").and_then(Value::as_bool).unwrap_or(false)),
-            "governance" => figures.events.push(GovernanceEvent {
-                index: entry.get("index").and_then(Value::as_u64).unwrap_or_default(),
-                time: entry.get("time").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                event: entry.get("event").and_then(Value::as_str).unwrap_or("governance").to_owned(),
-                detail: entry
-                    .get("artifact")
-                    .map(|a| {
-                        format!(
-                            "{} {}@{}",
-                            a.get("kind").and_then(Value::as_str).unwrap_or_default(),
-                            a.get("id").and_then(Value::as_str).unwrap_or_default(),
-                            a.get("version").map(ToString::to_string).unwrap_or_default()
-                        )
-                    })
-                    .unwrap_or_default(),
-            }),
-            _ => {}
-        }
-    }
-    figures.end_to_end = Percentiles::of(&mut end_to_end);
-    figures.tiers = tiers
-        .into_values()
-        .map(|(mut tier, mut latencies)| {
-            tier.latency = Percentiles::of(&mut latencies);
-            tier
-        })
-        .collect();
-    figures
-}
-
-/// Requests per time bucket (escalated ones stacked on top) with governance events as marked
-/// lines: the window's timeline, as self-contained SVG.
-pub fn timeline(entries: &[Value], since: DateTime<Utc>, until: DateTime<Utc>) -> String {
-    const BUCKETS: usize = 48;
+/// Requests per bucket (escalated ones stacked on top) with governance events as marked lines:
+/// the window's timeline, one bar per `span_s`-second bucket from `since` to `until`, as
+/// self-contained SVG.
+pub fn timeline(buckets: &[(DateTime<Utc>, Rollup)], events: &[GovernanceEvent], since: DateTime<Utc>, until: DateTime<Utc>, span_s: i64) -> String {
     const WIDTH: f64 = 720.0;
     const HEIGHT: f64 = 140.0;
-    let span = (until - since).num_milliseconds().max(1) as f64;
-    let position = |time: &str| -> Option<f64> {
-        let time = DateTime::parse_from_rfc3339(time).ok()?.with_timezone(&Utc);
-        Some(((time - since).num_milliseconds() as f64 / span).clamp(0.0, 0.999_999))
-    };
-    let mut kept = [0u64; BUCKETS];
-    let mut escalated = [0u64; BUCKETS];
-    let mut events = Vec::new();
-    for entry in entries {
-        let Some(at) = entry.get("time").and_then(Value::as_str).and_then(position) else { continue };
-        match entry.get("type").and_then(Value::as_str) {
-            Some("inference") => {
-                let bucket = (at * BUCKETS as f64) as usize;
-                if entry.get("escalated").and_then(Value::as_bool).unwrap_or(false) {
-                    escalated[bucket] += 1;
-                } else {
-                    kept[bucket] += 1;
-                }
-            }
-            Some("governance") => events.push((at, entry.get("event").and_then(Value::as_str).unwrap_or("governance").to_owned())),
-            _ => {}
+    let span_ms = (until - since).num_milliseconds().max(1) as f64;
+    let bars = ((until - since).num_seconds() as f64 / span_s as f64).ceil().max(1.0) as usize;
+    let position = |time: DateTime<Utc>| ((time - since).num_milliseconds() as f64 / span_ms).clamp(0.0, 0.999_999);
+    let mut kept = vec![0u64; bars];
+    let mut escalated = vec![0u64; bars];
+    for (start, rollup) in buckets {
+        let bar = ((*start - since).num_seconds().max(0) / span_s) as usize;
+        if bar < bars {
+            kept[bar] += rollup.requests - rollup.escalated;
+            escalated[bar] += rollup.escalated;
         }
     }
-    let max = (0..BUCKETS).map(|b| kept[b] + escalated[b]).max().unwrap_or(0).max(1) as f64;
+    let max = (0..bars).map(|b| kept[b] + escalated[b]).max().unwrap_or(0).max(1) as f64;
     let (left, top, bottom) = (40.0, 10.0, HEIGHT - 24.0);
-    let bar = (WIDTH - left - 10.0) / BUCKETS as f64;
+    let bar = (WIDTH - left - 10.0) / bars as f64;
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -232,7 +203,8 @@ pub fn timeline(entries: &[Value], since: DateTime<Utc>, until: DateTime<Utc>) -
     let _ = write!(svg, r##"<line x1="{left}" y1="{bottom}" x2="{}" y2="{bottom}" stroke="#999"/>"##, WIDTH - 10.0);
     let _ = write!(svg, r##"<text x="{}" y="{}" font-size="10" text-anchor="end">{}</text>"##, left - 4.0, top + 8.0, max as u64);
     let _ = write!(svg, r##"<text x="{}" y="{}" font-size="10" text-anchor="end">0</text>"##, left - 4.0, bottom);
-    for b in 0..BUCKETS {
+    let gap = if bar > 3.0 { 1.0 } else { 0.0 };
+    for b in 0..bars {
         let x = left + b as f64 * bar;
         let kept_height = kept[b] as f64 / max * (bottom - top);
         let escalated_height = escalated[b] as f64 / max * (bottom - top);
@@ -241,7 +213,7 @@ pub fn timeline(entries: &[Value], since: DateTime<Utc>, until: DateTime<Utc>) -
                 svg,
                 r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{kept_height:.1}" fill="#2b6cb0"><title>{} kept by the first tier</title></rect>"##,
                 bottom - kept_height,
-                bar - 1.0,
+                bar - gap,
                 kept[b]
             );
         }
@@ -250,17 +222,17 @@ pub fn timeline(entries: &[Value], since: DateTime<Utc>, until: DateTime<Utc>) -
                 svg,
                 r##"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{escalated_height:.1}" fill="#c05621"><title>{} escalated</title></rect>"##,
                 bottom - kept_height - escalated_height,
-                bar - 1.0,
+                bar - gap,
                 escalated[b]
             );
         }
     }
-    for (at, event) in events {
-        let x = left + at * (WIDTH - left - 10.0);
+    for event in events {
+        let x = left + position(event.time) * (WIDTH - left - 10.0);
         let _ = write!(
             svg,
             r##"<line x1="{x:.1}" y1="{top}" x2="{x:.1}" y2="{bottom}" stroke="#6b46c1" stroke-dasharray="3 2"><title>{}</title></line>"##,
-            escape(&event)
+            escape(&event.event)
         );
     }
     let _ = write!(svg, r##"<text x="{left}" y="{}" font-size="10">{}</text>"##, HEIGHT - 6.0, since.format("%Y-%m-%d %H:%M UTC"));
@@ -277,9 +249,13 @@ pub fn timeline(entries: &[Value], since: DateTime<Utc>, until: DateTime<Utc>) -
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use super::*;
+
+    fn at(text: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc)
+    }
 
     fn answer(escalated: bool, served_tier: u64, latencies: &[f64]) -> Value {
         let attempts: Vec<Value> = latencies
@@ -293,19 +269,28 @@ mod tests {
         json!({"type": "inference", "outcome": "served", "escalated": escalated, "served_tier": served_tier, "attempts": attempts})
     }
 
+    fn rollup(entries: &[Value]) -> Rollup {
+        let mut rollup = Rollup::default();
+        entries.iter().for_each(|e| rollup.add(e));
+        rollup
+    }
+
     #[test]
-    fn figures_count_outcomes_escalation_and_containment() {
-        let entries = vec![
-            answer(false, 0, &[100.0]),
-            answer(false, 0, &[200.0]),
+    fn figures_count_outcomes_escalation_and_containment_across_buckets() {
+        let first =
+            rollup(&[answer(false, 0, &[100.0]), answer(false, 0, &[200.0]), json!({"type": "feedback", "correct": true, "escalated": false})]);
+        let second = rollup(&[
             answer(true, 1, &[100.0, 900.0]),
             json!({"type": "inference", "outcome": "denied", "escalated": false, "served_tier": null, "attempts": []}),
-            json!({"type": "feedback", "correct": true, "escalated": false}),
             json!({"type": "feedback", "correct": false, "escalated": true}),
             json!({"type": "review", "correct": true}),
-            json!({"type": "governance", "index": 7, "time": "t", "event": "activated", "artifact": {"kind": "system_card", "id": "s", "version": 2}}),
-        ];
-        let figures = figures(&entries);
+        ]);
+        let event = GovernanceEvent::of(
+            7,
+            &json!({"type": "governance", "time": "2026-12-01T00:30:00Z", "event": "activated", "artifact": {"kind": "system_card", "id": "s", "version": 2}}),
+        )
+        .unwrap();
+        let figures = Figures::of(&[(at("2026-12-01T00:00:00Z"), first), (at("2026-12-01T01:00:00Z"), second)], vec![event]);
         assert_eq!((figures.requests, figures.served, figures.denied, figures.escalated), (4, 3, 1, 1));
         assert_eq!(figures.escalation_rate(), "25.0%");
         assert_eq!(figures.containment(), "66.7%");
@@ -313,30 +298,25 @@ mod tests {
         assert_eq!((figures.tiers[0].attempts, figures.tiers[0].accepted, figures.tiers[1].attempts), (3, 2, 1));
         assert_eq!(figures.tiers[0].prompt_tokens, 30);
         assert!((figures.total_cost() - 2.0).abs() < 1e-9);
-        assert_eq!(figures.end_to_end, Some(Percentiles { p50: 200.0, p95: 1000.0, p99: 1000.0 }));
+        let end_to_end = figures.end_to_end.unwrap();
+        assert!((end_to_end.p50 / 200.0 - 1.0).abs() <= 0.01 && (end_to_end.p99 / 1000.0 - 1.0).abs() <= 0.01, "{end_to_end:?}");
         assert_eq!((figures.kept_accuracy.correct, figures.kept_accuracy.judged), (1, 1));
         assert_eq!((figures.escalated_accuracy.correct, figures.escalated_accuracy.judged), (0, 1));
         assert_eq!(figures.review_accuracy.judged, 1);
         assert_eq!(figures.events[0].detail, "system_card s@2");
+        assert_eq!(GovernanceEvent::of(8, &answer(false, 0, &[1.0])).map(|e| e.index), None);
     }
 
     #[test]
-    fn percentiles_are_nearest_rank() {
-        let mut values: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(Percentiles::of(&mut values), Some(Percentiles { p50: 50.0, p95: 95.0, p99: 99.0 }));
-        assert_eq!(Percentiles::of(&mut []), None);
-    }
-
-    #[test]
-    fn the_timeline_marks_events_and_escapes_their_names() {
-        let since = DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z").unwrap().with_timezone(&Utc);
+    fn the_timeline_draws_a_bar_per_bucket_marks_events_and_escapes_their_names() {
+        let since = at("2026-12-01T00:00:00Z");
         let until = since + chrono::Duration::hours(1);
-        let entries = vec![
-            json!({"type": "inference", "time": "2026-12-01T00:10:00Z", "escalated": true}),
-            json!({"type": "governance", "time": "2026-12-01T00:30:00Z", "event": "<drift>"}),
-        ];
-        let svg = timeline(&entries, since, until);
-        assert!(svg.contains("1 escalated"), "{svg}");
+        let buckets = vec![(at("2026-12-01T00:10:00Z"), rollup(&[answer(true, 1, &[1.0, 2.0]), answer(false, 0, &[1.0])]))];
+        let events = vec![GovernanceEvent { index: 3, time: at("2026-12-01T00:30:00Z"), event: "<drift>".into(), detail: String::new() }];
+        let svg = timeline(&buckets, &events, since, until, 60);
+        assert!(svg.contains("1 escalated") && svg.contains("1 kept by the first tier"), "{svg}");
         assert!(svg.contains("&lt;drift&gt;") && !svg.contains("<drift>"), "{svg}");
+        // The bar of minute 10 of 60 starts a sixth of the way along the axis.
+        assert!(svg.contains(r#"<rect x="151.7""#), "{svg}");
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::{
     AUDIT_BUNDLE, Chrome, ConsoleError, EXPORT_LEDGER, GET_ENTRY, GET_VERSION, ISSUE_KEY, LIST_CHECKPOINTS, LIST_KEYS, LIST_LEDGER, LIST_REVIEWS,
     METRICS, RECORD_VERDICT, REVOKE_KEY, VERIFY_LEDGER, check_form, html,
-    overview::{self, Figures},
+    overview::{self, Figures, GovernanceEvent},
     parse_query, see_other,
     session::{SignInFirst, require},
 };
@@ -22,7 +22,7 @@ use crate::{
         registry::{CardCollection, VersionDetail, detail, find},
         reviews::{Verdict, VerdictRequest, decide},
     },
-    ledger::{LedgerRecord, PublishedCheckpoint},
+    ledger::{LedgerRecord, PublishedCheckpoint, rollup},
     store::ReviewRow,
 };
 
@@ -93,16 +93,19 @@ struct OverviewPage {
     systems: Vec<SystemView>,
 }
 
-const WINDOWS: [(&str, &str, i64); 3] = [("1h", "last hour", 1), ("24h", "last day", 24), ("7d", "last 7 days", 24 * 7)];
-/// Entries read per system and window at most; beyond it the page says the figures are partial.
-const OVERVIEW_ENTRY_LIMIT: usize = 200_000;
+/// The windows the overview offers: name, label, hours, and the rollup buckets it reads
+/// (minutes for the last hour, hours for longer: at most 61 and 169 rows per system).
+const WINDOWS: [(&str, &str, i64, i64); 3] =
+    [("1h", "last hour", 1, rollup::MINUTE), ("24h", "last day", 24, rollup::HOUR), ("7d", "last 7 days", 24 * 7, rollup::HOUR)];
+/// Governance events listed per system and window at most; beyond it the page says so.
+const OVERVIEW_EVENT_LIMIT: usize = 500;
 
 pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
     let signed_in = require(&state, &req).await?;
     METRICS.require(&state, &signed_in.caller)?;
     let query: OverviewQuery = parse_query(&req)?;
     let window = query.window.unwrap_or_else(|| "24h".into());
-    let Some(&(_, _, hours)) = WINDOWS.iter().find(|(name, _, _)| *name == window) else {
+    let Some(&(_, _, hours, span_s)) = WINDOWS.iter().find(|(name, ..)| *name == window) else {
         return Err(ConsoleError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "That window is not valid",
@@ -111,11 +114,14 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
         .into());
     };
     let until = Utc::now();
-    let since = until - chrono::Duration::hours(hours);
+    // Whole buckets: the window starts at the start of the bucket that holds `until - hours`.
+    let since = rollup::bucket_start(until - chrono::Duration::hours(hours), span_s);
     let health = state.router.tier_health();
     let mut systems = Vec::new();
     for system in state.router.systems() {
-        let (entries, truncated) = window_entries(&state, &system.reference.id, since).await?;
+        let id = &system.reference.id;
+        let buckets = state.router.ledger().rollups(id, span_s, since).await?;
+        let (events, truncated) = governance_events(&state, id, since).await?;
         let tiers = system
             .tiers
             .iter()
@@ -135,39 +141,37 @@ pub async fn overview(state: web::Data<AppState>, req: HttpRequest) -> Page {
             })
             .collect();
         systems.push(SystemView {
-            id: system.reference.id.clone(),
+            id: id.clone(),
             version: system.reference.version,
             digest: system.digest.clone(),
             policy: format!("{}@{}", system.policy.reference.id, system.policy.reference.version),
             policy_id: system.policy.reference.id.clone(),
             policy_version: system.policy.reference.version,
             tiers,
-            figures: overview::figures(&entries),
-            timeline: overview::timeline(&entries, since, until),
+            timeline: overview::timeline(&buckets, &events, since, until, span_s),
+            figures: Figures::of(&buckets, events),
             truncated,
         });
     }
     let chrome = Chrome::new(&state, &signed_in, "/console/overview");
-    let windows = WINDOWS.iter().map(|(name, label, _)| (*name, *label, *name == window)).collect();
+    let windows = WINDOWS.iter().map(|(name, label, ..)| (*name, *label, *name == window)).collect();
     Ok(html(&OverviewPage { chrome, windows, since: stamp(since), until: stamp(until), systems })?)
 }
 
-/// Every entry of `system` written since `since`, read page by page in index order.
-async fn window_entries(state: &AppState, system: &str, since: DateTime<Utc>) -> Result<(Vec<Value>, bool), ConsoleError> {
-    let mut filter = crate::store::LedgerFilter { since: Some(stamp(since)), system_id: Some(system.to_owned()), limit: 1000, ..Default::default() };
-    let mut entries = Vec::new();
-    loop {
-        let page = state.router.ledger().query(&filter).await?;
-        let full = page.len() as i64 == filter.limit;
-        filter.from_index = page.last().map(|r| r.index as i64 + 1);
-        entries.extend(page.into_iter().map(|r| r.entry));
-        if !full {
-            return Ok((entries, false));
-        }
-        if entries.len() >= OVERVIEW_ENTRY_LIMIT {
-            return Ok((entries, true));
-        }
-    }
+/// The governance entries of `system` written since `since` (the first
+/// [`OVERVIEW_EVENT_LIMIT`] of them), oldest first, and whether there were more.
+async fn governance_events(state: &AppState, system: &str, since: DateTime<Utc>) -> Result<(Vec<GovernanceEvent>, bool), ConsoleError> {
+    let filter = crate::store::LedgerFilter {
+        since: Some(since.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
+        system_id: Some(system.to_owned()),
+        entry_type: Some("governance".into()),
+        limit: OVERVIEW_EVENT_LIMIT as i64 + 1,
+        ..Default::default()
+    };
+    let records = state.router.ledger().query(&filter).await?;
+    let truncated = records.len() > OVERVIEW_EVENT_LIMIT;
+    let events = records.iter().take(OVERVIEW_EVENT_LIMIT).filter_map(|r| GovernanceEvent::of(r.index, &r.entry)).collect();
+    Ok((events, truncated))
 }
 
 fn stamp(time: DateTime<Utc>) -> String {

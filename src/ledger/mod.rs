@@ -6,6 +6,7 @@ mod cosignature;
 mod export;
 mod hashes;
 mod integrity;
+pub mod rollup;
 mod tiles;
 mod witnessing;
 
@@ -737,6 +738,22 @@ impl Ledger {
         tiles::read_tile(&self.store, size, path).await
     }
 
+    /// A system's figures per `span_s`-second bucket ([`rollup::MINUTE`] or [`rollup::HOUR`])
+    /// from the bucket holding `since` on, oldest first, counting every committed entry.
+    pub async fn rollups(
+        &self,
+        system_id: &str,
+        span_s: i64,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> anyhow::Result<Vec<(chrono::DateTime<chrono::Utc>, rollup::Rollup)>> {
+        rollup::read(&self.store, system_id, span_s, since).await
+    }
+
+    /// Adds every entry the rollups have not counted yet (a ledger older than them).
+    pub async fn catch_up_rollups(&self) -> anyhow::Result<()> {
+        rollup::catch_up(&self.store).await
+    }
+
     /// The entry at `index` as stored (canonical JSON), if any.
     pub async fn entry(&self, index: u64) -> anyhow::Result<Option<Value>> {
         match self.store.ledger_entry(index as i64).await? {
@@ -806,7 +823,9 @@ async fn write_batch(store: &Store, drafts: Vec<EntryDraft>) -> anyhow::Result<V
 async fn write_entries(tx: &mut sqlx::AnyConnection, drafts: Vec<EntryDraft>) -> anyhow::Result<Vec<Appended>> {
     let first = Store::ledger_size(&mut *tx).await?;
     let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let count = drafts.len() as i64;
     let mut appended = Vec::with_capacity(drafts.len());
+    let mut rollups = rollup::Pending::default();
     for (offset, draft) in drafts.into_iter().enumerate() {
         let index = first + offset as i64;
         let mut entry = draft.body;
@@ -819,6 +838,9 @@ async fn write_entries(tx: &mut sqlx::AnyConnection, drafts: Vec<EntryDraft>) ->
         map.insert("request_id".into(), json!(draft.request_id));
         let policy = map.get("policy").and_then(|p| Some(format!("{}@{}", p.get("id")?.as_str()?, p.get("version")?)));
         let served_tier = map.get("served_tier").and_then(Value::as_i64);
+        if let Some(system) = &draft.system_id {
+            rollups.add(system, &created_at, &entry);
+        }
         let bytes = to_canonical_bytes(&entry);
         let n = index as u64;
         // Reads see the hashes this transaction has written for earlier entries of the batch.
@@ -838,6 +860,7 @@ async fn write_entries(tx: &mut sqlx::AnyConnection, drafts: Vec<EntryDraft>) ->
         Store::ledger_insert(&mut *tx, &row, stored_hash_index(0, n) as i64, &hash_bytes).await?;
         appended.push(Appended { index: n, leaf_hash: hex::encode(new_hashes[0].0) });
     }
+    rollup::add_batch(&mut *tx, first, count, rollups).await?;
     Ok(appended)
 }
 

@@ -4,12 +4,14 @@ mod artifacts;
 mod keys;
 mod ledger;
 mod reviews;
+mod rollups;
 mod sessions;
 
 pub use artifacts::{AliasHistoryRow, AliasMove, NewArtifactVersion, ShadowRow, StoredArtifactVersion};
 pub use keys::KeyRow;
 pub use ledger::{LedgerFilter, LedgerRow, StoredCheckpoint, StoredCosignature};
 pub use reviews::ReviewRow;
+pub use rollups::RollupRow;
 pub use sessions::SessionRow;
 
 use std::str::FromStr;

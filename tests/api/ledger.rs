@@ -797,3 +797,96 @@ async fn the_tiles_the_gateway_serves_rebuild_the_root_of_its_signed_checkpoint(
     let anonymous = app.client.get(format!("{}/v1/ledger/tlog/tile/0/000", app.address)).send().await.unwrap();
     assert_eq!(anonymous.status(), 401, "tiles are for auditors, like every ledger read");
 }
+
+/// A bare store on the suite's backend (a temporary SQLite file, or a fresh PostgreSQL
+/// database kept alive by the returned guard), migrated.
+async fn bare_store() -> (tiergate::store::Store, Option<crate::helpers::PgDatabase>, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tiergate-bare-{}", uuid::Uuid::new_v4()));
+    let (url, database) = match crate::BACKEND {
+        Backend::Sqlite => (format!("sqlite://{}/ledger.db?mode=rwc", dir.display()), None),
+        Backend::Postgres => {
+            let database = crate::helpers::PgDatabase::create().await;
+            (database.url(), Some(database))
+        }
+    };
+    let store = tiergate::store::Store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, database, dir)
+}
+
+/// An entry of `system` like the gateway writes: `i` picks the outcome, escalation and kind.
+fn rollup_draft(system: &str, i: u64) -> tiergate::ledger::EntryDraft {
+    let escalated = i % 3 == 0;
+    let attempt = |tier: u64, action: &str| json!({"tier": tier, "tier_name": format!("t{tier}"), "latency_ms": 5.0 + (i * (tier + 1)) as f64, "tokens": {"prompt": 7, "completion": i % 5}, "cost": 0.25, "accept": {"decision": {"action": action}}});
+    let (entry_type, body) = match i % 10 {
+        7 => ("feedback", json!({"correct": i % 4 == 0, "escalated": escalated})),
+        8 => ("review", json!({"correct": true})),
+        9 => ("governance", json!({"event": "activated"})),
+        _ => {
+            let attempts = if escalated { vec![attempt(0, "escalate"), attempt(1, "accept")] } else { vec![attempt(0, "accept")] };
+            let outcome = if i % 10 == 5 { "held_for_review" } else { "served" };
+            ("inference", json!({"attempts": attempts, "outcome": outcome, "escalated": escalated, "served_tier": u64::from(escalated)}))
+        }
+    };
+    let outcome = body.get("outcome").and_then(Value::as_str).unwrap_or("recorded").to_owned();
+    tiergate::ledger::EntryDraft { entry_type, request_id: format!("{system}-{i}"), system_id: Some(system.into()), outcome, body }
+}
+
+/// Every bucket of `system`'s rollups merged, and the same figures added up from its entries.
+async fn rollups_and_entries(ledger: &Ledger, system: &str, span_s: i64) -> (tiergate::ledger::rollup::Rollup, tiergate::ledger::rollup::Rollup) {
+    use tiergate::ledger::rollup::Rollup;
+    let since = chrono::Utc::now() - chrono::Duration::hours(1);
+    let mut merged = Rollup::default();
+    for (_, bucket) in ledger.rollups(system, span_s, since).await.unwrap() {
+        merged.merge(&bucket);
+    }
+    let filter = tiergate::store::LedgerFilter { system_id: Some(system.into()), limit: 10_000, ..Default::default() };
+    let mut direct = Rollup::default();
+    ledger.query(&filter).await.unwrap().iter().for_each(|record| direct.add(&record.entry));
+    (merged, direct)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_overview_rollups_count_every_committed_entry_including_a_ledger_older_than_them() {
+    use tiergate::ledger::rollup::{HOUR, MINUTE};
+    let (store, _database, dir) = bare_store().await;
+    let signer = CheckpointSigner::load_or_create(&dir.join("key"), "test/ledger").unwrap();
+    let ledger = std::sync::Arc::new(Ledger::new(store.clone(), signer));
+    // Concurrent appends: group commit puts several entries, of both systems, in one batch.
+    let tasks: Vec<_> = (0..60)
+        .map(|i| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move { ledger.append(rollup_draft(if i % 4 == 0 { "other" } else { "triage" }, i)).await.unwrap() })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    for span in [MINUTE, HOUR] {
+        let (merged, direct) = rollups_and_entries(&ledger, "triage", span).await;
+        assert_eq!(merged, direct, "span {span}");
+        assert!(direct.requests > 20 && direct.escalated > 5 && direct.held > 0 && direct.reviews.judged > 0, "{direct:?}");
+        assert_eq!(direct.tiers[&0].latency_ms.count(), direct.tiers[&0].attempts);
+    }
+
+    // A ledger written before the rollups existed: no rollups, their position at 0. Entries
+    // appended meanwhile are not added out of order; reading adds everything up first.
+    sqlx::query("DELETE FROM ledger_rollups").execute(store.pool()).await.unwrap();
+    sqlx::query("UPDATE ledger_rollup_state SET next_index = 0").execute(store.pool()).await.unwrap();
+    for i in 60..70 {
+        ledger.append(rollup_draft("triage", i)).await.unwrap();
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM ledger_rollups").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(stored, 0, "appends behind the rollups' position leave them to the catch-up");
+    let (merged, direct) = rollups_and_entries(&ledger, "triage", HOUR).await;
+    assert_eq!(merged, direct);
+    let inference = |i: &u64| i % 10 < 7;
+    assert_eq!(direct.requests, ((0..60).filter(|i| i % 4 != 0).filter(inference).count() + (60..70).filter(inference).count()) as u64);
+    let (merged, direct) = rollups_and_entries(&ledger, "other", MINUTE).await;
+    assert_eq!(merged, direct);
+    assert!(direct.requests > 0);
+    // Once caught up, appends add to the rollups in their own transaction again.
+    ledger.append(rollup_draft("triage", 70)).await.unwrap();
+    let next: i64 = sqlx::query_scalar("SELECT next_index FROM ledger_rollup_state").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(next, 71);
+}
