@@ -816,10 +816,10 @@ async fn bare_store() -> (tiergate::store::Store, Option<crate::helpers::PgDatab
 
 /// An entry of `system` like the gateway writes: `i` picks the outcome, escalation and kind.
 fn rollup_draft(system: &str, i: u64) -> tiergate::ledger::EntryDraft {
-    let escalated = i % 3 == 0;
+    let escalated = i.is_multiple_of(3);
     let attempt = |tier: u64, action: &str| json!({"tier": tier, "tier_name": format!("t{tier}"), "latency_ms": 5.0 + (i * (tier + 1)) as f64, "tokens": {"prompt": 7, "completion": i % 5}, "cost": 0.25, "accept": {"decision": {"action": action}}});
     let (entry_type, body) = match i % 10 {
-        7 => ("feedback", json!({"correct": i % 4 == 0, "escalated": escalated})),
+        7 => ("feedback", json!({"correct": i.is_multiple_of(4), "escalated": escalated})),
         8 => ("review", json!({"correct": true})),
         9 => ("governance", json!({"event": "activated"})),
         _ => {
@@ -856,7 +856,7 @@ async fn the_overview_rollups_count_every_committed_entry_including_a_ledger_old
     let tasks: Vec<_> = (0..60)
         .map(|i| {
             let ledger = ledger.clone();
-            tokio::spawn(async move { ledger.append(rollup_draft(if i % 4 == 0 { "other" } else { "triage" }, i)).await.unwrap() })
+            tokio::spawn(async move { ledger.append(rollup_draft(if i.is_multiple_of(4) { "other" } else { "triage" }, i)).await.unwrap() })
         })
         .collect();
     for task in tasks {
@@ -881,7 +881,10 @@ async fn the_overview_rollups_count_every_committed_entry_including_a_ledger_old
     let (merged, direct) = rollups_and_entries(&ledger, "triage", HOUR).await;
     assert_eq!(merged, direct);
     let inference = |i: &u64| i % 10 < 7;
-    assert_eq!(direct.requests, ((0..60).filter(|i| i % 4 != 0).filter(inference).count() + (60..70).filter(inference).count()) as u64);
+    assert_eq!(
+        direct.requests,
+        ((0..60).filter(|i: &u64| !i.is_multiple_of(4)).filter(inference).count() + (60..70).filter(inference).count()) as u64
+    );
     let (merged, direct) = rollups_and_entries(&ledger, "other", MINUTE).await;
     assert_eq!(merged, direct);
     assert!(direct.requests > 0);
