@@ -853,7 +853,7 @@ async fn the_overview_rollups_count_every_committed_entry_including_a_ledger_old
     let signer = CheckpointSigner::load_or_create(&dir.join("key"), "test/ledger").unwrap();
     let ledger = std::sync::Arc::new(Ledger::new(store.clone(), signer));
     // Concurrent appends: group commit puts several entries, of both systems, in one batch.
-    let tasks: Vec<_> = (0..60)
+    let tasks: Vec<_> = (0..60u64)
         .map(|i| {
             let ledger = ledger.clone();
             tokio::spawn(async move { ledger.append(rollup_draft(if i.is_multiple_of(4) { "other" } else { "triage" }, i)).await.unwrap() })
