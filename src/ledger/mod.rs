@@ -822,7 +822,8 @@ async fn write_batch(store: &Store, drafts: Vec<EntryDraft>) -> anyhow::Result<V
 
 async fn write_entries(tx: &mut sqlx::AnyConnection, drafts: Vec<EntryDraft>) -> anyhow::Result<Vec<Appended>> {
     let first = Store::ledger_size(&mut *tx).await?;
-    let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let now = chrono::Utc::now();
+    let created_at = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let count = drafts.len() as i64;
     let mut appended = Vec::with_capacity(drafts.len());
     let mut rollups = rollup::Pending::default();
@@ -839,7 +840,7 @@ async fn write_entries(tx: &mut sqlx::AnyConnection, drafts: Vec<EntryDraft>) ->
         let policy = map.get("policy").and_then(|p| Some(format!("{}@{}", p.get("id")?.as_str()?, p.get("version")?)));
         let served_tier = map.get("served_tier").and_then(Value::as_i64);
         if let Some(system) = &draft.system_id {
-            rollups.add(system, &created_at, &entry);
+            rollups.add(system, now, &entry);
         }
         let bytes = to_canonical_bytes(&entry);
         let n = index as u64;

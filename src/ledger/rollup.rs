@@ -221,14 +221,13 @@ fn stamp(time: DateTime<Utc>) -> String {
 pub(crate) struct Pending(BTreeMap<(i64, String, String), Rollup>);
 
 impl Pending {
-    /// Counts `entry`, written at `created_at` (the stored RFC 3339 time) for `system_id`.
-    pub(crate) fn add(&mut self, system_id: &str, created_at: &str, entry: &Value) {
+    /// Counts `entry`, written at `time` for `system_id`.
+    pub(crate) fn add(&mut self, system_id: &str, time: DateTime<Utc>, entry: &Value) {
         if !matches!(entry.get("type").and_then(Value::as_str), Some("inference" | "feedback" | "review")) {
             return;
         }
-        let Ok(time) = DateTime::parse_from_rfc3339(created_at) else { return };
         for span in SPANS {
-            let key = (span, system_id.to_owned(), stamp(bucket_start(time.with_timezone(&Utc), span)));
+            let key = (span, system_id.to_owned(), stamp(bucket_start(time, span)));
             self.0.entry(key).or_default().add(entry);
         }
     }
@@ -281,9 +280,10 @@ pub async fn catch_up(store: &Store) -> anyhow::Result<()> {
         let rows = store.ledger_query(&LedgerFilter { from_index: Some(next), to_index: Some(size), limit: 1000, ..Default::default() }).await?;
         let mut pending = Pending::default();
         for row in &rows {
-            if let Some(system) = &row.system_id {
+            // A row whose stored time does not parse counts nowhere, as it would not in a window.
+            if let (Some(system), Ok(time)) = (&row.system_id, DateTime::parse_from_rfc3339(&row.created_at)) {
                 let entry: Value = serde_json::from_str(&row.entry)?;
-                pending.add(system, &row.created_at, &entry);
+                pending.add(system, time.with_timezone(&Utc), &entry);
             }
         }
         // Rows missing from the table (a damaged ledger, which the integrity check reports)
@@ -361,10 +361,11 @@ mod tests {
 
     #[test]
     fn entries_fall_into_the_minute_and_the_hour_that_hold_them() {
+        let at = |text: &str| DateTime::parse_from_rfc3339(text).unwrap().with_timezone(&Utc);
         let mut pending = Pending::default();
-        pending.add("s", "2026-12-07T17:05:59.999999Z", &json!({"type": "inference", "outcome": "served"}));
-        pending.add("s", "2026-12-07T17:06:00.000000Z", &json!({"type": "feedback", "correct": true}));
-        pending.add("s", "2026-12-07T17:06:01.000000Z", &json!({"type": "governance"}));
+        pending.add("s", at("2026-12-07T17:05:59.999999Z"), &json!({"type": "inference", "outcome": "served"}));
+        pending.add("s", at("2026-12-07T17:06:00.000000Z"), &json!({"type": "feedback", "correct": true}));
+        pending.add("s", at("2026-12-07T17:06:01.000000Z"), &json!({"type": "governance"}));
         let keys: Vec<(i64, &str)> = pending.0.keys().map(|(span, _, start)| (*span, start.as_str())).collect();
         assert_eq!(keys, vec![(MINUTE, "2026-12-07T17:05:00Z"), (MINUTE, "2026-12-07T17:06:00Z"), (HOUR, "2026-12-07T17:00:00Z")]);
         let hour = &pending.0[&(HOUR, "s".to_owned(), "2026-12-07T17:00:00Z".to_owned())];
