@@ -78,6 +78,14 @@ pub struct Settings {
     /// Population stability index above which a signal counts as drifted (a ledger entry and
     /// `tiergate_drift_psi`); 0.2 is the usual "significant shift".
     pub drift_psi_threshold: f64,
+    /// Labelled answers (feedback, review verdicts) per calibration window of a tier with a
+    /// confidence model: their P(correct) is compared with how often they were right.
+    pub calibration_window: usize,
+    /// Labelled answers needed before the window's calibration error is judged.
+    pub calibration_min_labelled: usize,
+    /// Expected calibration error above which a tier's P(correct) counts as drifted (a ledger
+    /// entry and `tiergate_confidence_ece`); it recovers below half of it.
+    pub calibration_ece_threshold: f64,
 }
 
 impl Default for Settings {
@@ -112,6 +120,9 @@ impl Default for Settings {
             replica_id: None,
             drift_window: 200,
             drift_psi_threshold: 0.2,
+            calibration_window: 200,
+            calibration_min_labelled: 50,
+            calibration_ece_threshold: 0.1,
         }
     }
 }

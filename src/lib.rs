@@ -3,6 +3,7 @@
 pub mod access;
 pub mod api;
 pub mod canonical;
+pub mod confidence;
 pub mod config;
 pub mod console;
 pub mod error;

@@ -73,6 +73,14 @@ enum Command {
         /// Who ran it (the report's author in the registry).
         #[arg(long, env = "USER", default_value = "tiergate-calibrate")]
         author: String,
+        /// Also fit a confidence model (signals → P(correct)) for the first and last tiers,
+        /// judged on held-out answers, and store each as a draft confidence-model version.
+        #[arg(long)]
+        fit_confidence: bool,
+        /// With --fit-confidence: another labelled workload, never fitted on, to measure how
+        /// thresholds chosen on --workload carry over to it.
+        #[arg(long, requires = "fit_confidence")]
+        transfer_workload: Option<PathBuf>,
     },
 }
 
@@ -219,7 +227,9 @@ async fn main() -> ExitCode {
         Command::Witness { command: WitnessCommand::Serve { identity, listen, log_keys } } => serve_witness(&identity, &listen, &log_keys).await,
         Command::Witness { command: WitnessCommand::Key { identity } } => print_witness_key(&identity),
         Command::Compare { run, concurrency } => compare(&run, concurrency).await,
-        Command::Calibrate { run, target_accuracy, author } => calibrate(&run, target_accuracy, &author).await,
+        Command::Calibrate { run, target_accuracy, author, fit_confidence, transfer_workload } => {
+            calibrate(&run, target_accuracy, &author, fit_confidence, transfer_workload.as_deref()).await
+        }
     };
     match result {
         Ok(code) => code,
@@ -304,15 +314,61 @@ async fn compare(args: &EvidenceArgs, concurrency: usize) -> anyhow::Result<Exit
     args.emit(&markdown, &json, &[("compare.md", &markdown), ("compare.json", &json), ("compare.svg", &chart)])
 }
 
-async fn calibrate(args: &EvidenceArgs, target_accuracy: f64, author: &str) -> anyhow::Result<ExitCode> {
+async fn calibrate(
+    args: &EvidenceArgs,
+    target_accuracy: f64,
+    author: &str,
+    fit_confidence: bool,
+    transfer_workload: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
     let (settings, items, sha256) = args.prepare()?;
     let system = args.system.as_str();
     let workload = args.workload.display().to_string();
-    let mut report = evidence::calibrate::calibrate(&settings, system, &workload, &sha256, &items, target_accuracy).await?;
+    let transfer = match transfer_workload {
+        Some(path) => {
+            let items = evidence::load_workload(path)?;
+            let sha256 = tiergate::inference::sha256_file(path).with_context(|| format!("hashing {}", path.display()))?;
+            Some((path.display().to_string(), sha256, items))
+        }
+        None => None,
+    };
+    let options = evidence::calibrate::ConfidenceOptions {
+        fit: fit_confidence,
+        transfer: transfer.as_ref().map(|(name, sha256, items)| (name.as_str(), sha256.as_str(), items.as_slice())),
+    };
+    let mut report = evidence::calibrate::calibrate(&settings, system, &workload, &sha256, &items, target_accuracy, &options).await?;
     // Stored in the deployment's registry, where a reviewer approves it and policy data cites it.
     let store = tiergate::store::Store::connect(&settings.effective_database_url()).await?;
     store.migrate().await?;
     let registry = tiergate::registry::Registry::new(store);
+    let mut confidence_markdown = String::new();
+    if let Some(confidence) = &report.confidence {
+        confidence_markdown = evidence::confidence::markdown(confidence);
+        for tier in &confidence.tiers {
+            let id = tier.document["id"].as_str().unwrap_or_default();
+            let stored = registry
+                .store_document(
+                    ArtifactKind::ConfidenceModel,
+                    id,
+                    &serde_json::to_string_pretty(&tier.document)?,
+                    &tier.document,
+                    author,
+                    "draft",
+                    &tiergate::api::now(),
+                )
+                .await?;
+            confidence_markdown.push_str(&format!(
+                "\nStored tier {}'s model as confidence model `{}` ({}), status draft: approve it with POST /v1/registry/confidence-models/{}/versions/{}/approve, then cite it as `tiers[{}].confidence_model: {}` in a new system card version.\n",
+                tier.tier, stored.reference, stored.digest, stored.reference.id, stored.reference.version, tier.tier, stored.reference
+            ));
+        }
+        if let Some(data) = &confidence.policy_data {
+            confidence_markdown.push_str(&format!(
+                "\nTo threshold on P(correct), merge this into the data of a new version of the system's policy bundle:\n\n```json\n{}\n```\n",
+                serde_json::to_string_pretty(data)?
+            ));
+        }
+    }
     let document = serde_json::to_value(&report)?;
     let stored = registry
         .store_document(
@@ -341,8 +397,19 @@ async fn calibrate(args: &EvidenceArgs, target_accuracy: f64, author: &str) -> a
             serde_json::to_string_pretty(data).unwrap_or_default()
         ))
     );
+    let markdown = format!("{markdown}\n{confidence_markdown}");
     let json = serde_json::to_string_pretty(&serde_json::json!({"report": report, "stored": citation}))?;
-    args.emit(&markdown, &json, &[("calibration.md", &markdown), ("calibration.json", &json)])
+    let mut files = vec![("calibration.md".to_owned(), markdown.clone()), ("calibration.json".to_owned(), json.clone())];
+    for tier in report.confidence.iter().flat_map(|c| &c.tiers) {
+        let id = tier.document["id"].as_str().unwrap_or_default();
+        files.push((format!("{id}.confidence.json"), serde_json::to_string_pretty(&tier.document)? + "\n"));
+        files.push((
+            format!("{id}.reliability.svg"),
+            tier.document.pointer("/fit/reliability_svg").and_then(|s| s.as_str()).unwrap_or_default().to_owned(),
+        ));
+    }
+    let files: Vec<(&str, &str)> = files.iter().map(|(name, content)| (name.as_str(), content.as_str())).collect();
+    args.emit(&markdown, &json, &files)
 }
 
 fn print_openapi() -> anyhow::Result<ExitCode> {

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub errors: IntCounterVec,
     pub feedback: IntCounterVec,
     pub drift_psi: GaugeVec,
+    /// Expected calibration error of a tier's P(correct) over its latest labelled answers.
+    pub confidence_ece: GaugeVec,
+    /// Per bin of predicted P(correct): the mean prediction and the observed accuracy.
+    pub confidence_bin: GaugeVec,
     pub witness_requests: IntCounterVec,
     /// Tree size of the newest checkpoint each witness cosigned.
     pub witness_cosigned_size: IntGaugeVec,
@@ -75,6 +79,19 @@ impl Metrics {
             &["system", "signal"],
         )?;
         registry.register(Box::new(drift_psi.clone()))?;
+        let confidence_ece = GaugeVec::new(
+            Opts::new("confidence_ece", "Expected calibration error of a tier's P(correct) over its latest answers with feedback or a verdict"),
+            &["system", "tier", "confidence_model"],
+        )?;
+        registry.register(Box::new(confidence_ece.clone()))?;
+        let confidence_bin = GaugeVec::new(
+            Opts::new(
+                "confidence_calibration",
+                "Per tenth of predicted P(correct) over a tier's latest labelled answers: mean predicted P and observed accuracy (quantity)",
+            ),
+            &["system", "tier", "bin", "quantity"],
+        )?;
+        registry.register(Box::new(confidence_bin.clone()))?;
         let witness_cosigned_size = IntGaugeVec::new(
             Opts::new("witness_cosigned_tree_size", "Tree size of the newest ledger checkpoint each witness cosigned"),
             &["witness"],
@@ -115,6 +132,8 @@ impl Metrics {
                 &["system", "tier_served", "escalated", "correct"],
             )?,
             drift_psi,
+            confidence_ece,
+            confidence_bin,
             witness_requests: counter(
                 "witness_requests_total",
                 "add-checkpoint requests to witnesses, by outcome (cosigned, ahead, refused, malformed, unreachable)",
@@ -130,7 +149,7 @@ impl Metrics {
     /// The full name of every metric this gateway exports (`tiergate_…`; histograms without
     /// their `_bucket`, `_sum` and `_count` series), whether or not it has a sample yet.
     pub fn names(&self) -> Vec<String> {
-        let collectors: [&dyn Collector; 21] = [
+        let collectors: [&dyn Collector; 23] = [
             &self.requests,
             &self.escalated,
             &self.contained,
@@ -148,6 +167,8 @@ impl Metrics {
             &self.errors,
             &self.feedback,
             &self.drift_psi,
+            &self.confidence_ece,
+            &self.confidence_bin,
             &self.witness_requests,
             &self.witness_cosigned_size,
             &self.ledger_uncosigned_seconds,

@@ -103,7 +103,12 @@ impl Application {
             tokio::spawn(publish_checkpoints(ledger.clone(), Duration::from_secs(settings.checkpoint_interval_s)));
         }
         let drift = DriftSettings { window: settings.drift_window, psi_threshold: settings.drift_psi_threshold };
-        let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text, metrics, drift));
+        let calibration = crate::confidence::monitor::CalibrationSettings {
+            window: settings.calibration_window,
+            min_labelled: settings.calibration_min_labelled,
+            ece_threshold: settings.calibration_ece_threshold,
+        };
+        let router = Arc::new(Router::new(systems, ledger, settings.ledger_store_text, metrics, drift).with_calibration(calibration));
         for (version, reason) in refused {
             router.refuse(version, reason);
         }

@@ -64,6 +64,38 @@ self_check_fails if {
 	not object.get(input.attempt.signals, "self_check_yes", -1) >= thresholds.min_self_check_yes
 }
 
+# P(correct): the probability that this answer is right, from the tier's confidence model
+# (system card tiers[i].confidence_model). Where the tier has a threshold for it
+# (min_p_correct_by_tier[i], else min_p_correct), it decides instead of the logprob threshold;
+# an answer without a P(correct) fails it (fail closed).
+min_p_correct := thresholds.min_p_correct_by_tier[input.attempt.tier] if {
+	is_number(thresholds.min_p_correct_by_tier[input.attempt.tier])
+} else := thresholds.min_p_correct if {
+	is_number(thresholds.min_p_correct)
+	not is_array(thresholds.min_p_correct_by_tier)
+}
+
+p_correct := round(object.get(input.attempt.signals, "p_correct", 0) * 1000) / 1000
+
+p_correct_fails if {
+	is_number(min_p_correct)
+	not object.get(input.attempt.signals, "p_correct", -1) >= min_p_correct
+}
+
+# The expected cost of a wrong answer against the price of asking the next tier: with
+# `error_cost` set (what a wrong answer costs, in the model cards' currency), an answer whose
+# (1 - P(correct)) * error_cost exceeds the next tier's estimated cost is escalated.
+expected_error_cost := (1 - input.attempt.signals.p_correct) * thresholds.error_cost if {
+	is_number(thresholds.error_cost)
+	is_number(input.attempt.signals.p_correct)
+}
+
+escalating_is_cheaper if {
+	input.attempt.tiers_left > 0
+	is_number(input.attempt.next_tier_cost_estimate)
+	expected_error_cost > input.attempt.next_tier_cost_estimate
+}
+
 accept := {
 	"action": "escalate",
 	"reasons": [sprintf("tier %d failed (%s): try the next tier", [input.attempt.tier, input.attempt.error])],
@@ -86,6 +118,30 @@ accept := {
 	"reasons": [sprintf("self-check P(yes) %v is below %v on the last tier: hold for human review", [self_check_yes, thresholds.min_self_check_yes])],
 } if {
 	self_check_fails
+} else := {
+	"action": "escalate",
+	"reasons": [sprintf("P(correct) %v is below %v: escalate", [p_correct, min_p_correct])],
+} if {
+	p_correct_fails
+	input.attempt.tiers_left > 0
+} else := {
+	"action": "review",
+	"reasons": [sprintf("P(correct) %v is below %v on the last tier: hold for human review", [p_correct, min_p_correct])],
+} if {
+	p_correct_fails
+} else := {
+	"action": "escalate",
+	"reasons": [sprintf(
+		"expected cost of a wrong answer (1 - P(correct) %v) x %v = %v exceeds the next tier's estimated cost %v: escalate",
+		[p_correct, thresholds.error_cost, round(expected_error_cost * 1000000) / 1000000, input.attempt.next_tier_cost_estimate],
+	)],
+} if {
+	escalating_is_cheaper
+} else := {
+	"action": "accept",
+	"reasons": [sprintf("P(correct) %v is at or above %v", [p_correct, min_p_correct])],
+} if {
+	is_number(min_p_correct)
 } else := {
 	"action": "accept",
 	"reasons": [sprintf("mean token logprob %v is at or above the threshold %v", [mean_logprob, min_mean])],

@@ -87,3 +87,42 @@ test_a_failed_self_check_escalates_a_confident_answer if {
 	accepted := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": sure, "attempt": convinced}
 	accepted.action == "accept"
 }
+
+confident(tier, p, left) := object.union(attempt(tier, -3.0, left), {"signals": {"mean_logprob": -3.0, "p_correct": p}})
+
+test_p_correct_decides_where_the_tier_has_a_threshold_for_it if {
+	t := {"min_p_correct": 0.6}
+	kept := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": t, "attempt": confident(0, 0.7, 1)}
+	kept.action == "accept"
+	kept.reasons == ["P(correct) 0.7 is at or above 0.6"]
+	unsure := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": t, "attempt": confident(0, 0.4, 1)}
+	unsure.action == "escalate"
+	unsure.reasons == ["P(correct) 0.4 is below 0.6: escalate"]
+	last := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": t, "attempt": confident(1, 0.4, 0)}
+	last.action == "review"
+}
+
+test_a_missing_p_correct_fails_its_threshold if {
+	t := {"min_p_correct": 0.6}
+	decision := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": t, "attempt": attempt(0, -0.1, 1)}
+	decision.action == "escalate"
+}
+
+test_a_tier_without_a_p_correct_threshold_keeps_the_logprob_rule if {
+	t := {"min_p_correct_by_tier": [0.6, null], "min_mean_logprob_by_tier": [-1.0, -2.0]}
+	decision := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": t, "attempt": confident(1, 0.1, 0)}
+	decision.action == "review"
+	contains(decision.reasons[0], "mean token logprob -3 is below the threshold -2")
+}
+
+test_escalation_when_a_wrong_answer_is_expected_to_cost_more_than_the_next_tier if {
+	t := {"error_cost": 0.01}
+	cheap := object.union(confident(0, 0.9, 1), {"next_tier_cost_estimate": 0.0001, "signals": {"mean_logprob": -0.1, "p_correct": 0.9}})
+	# (1 - 0.9) x 0.01 = 0.001 > 0.0001: escalating is cheaper than the expected error.
+	decision := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": t, "attempt": cheap}
+	decision.action == "escalate"
+	contains(decision.reasons[0], "= 0.001 exceeds the next tier's estimated cost 0.0001")
+	sure := object.union(cheap, {"signals": {"mean_logprob": -0.1, "p_correct": 0.995}})
+	kept := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": t, "attempt": sure}
+	kept.action == "accept"
+}

@@ -11,7 +11,7 @@ use super::{AppState, parse_json_body};
 use crate::{
     access::Caller,
     error::{ApiError, ErrorBody},
-    inference::{Role, Turn, chat_messages},
+    inference::{Role, Signals, Turn, chat_messages},
     routing::{AttemptSummary, ChatRequest, Outcome, RequestFacts, Routed, RoutingError, ServedAnswer},
     store::ReviewRow,
     telemetry::current_request_id,
@@ -219,6 +219,11 @@ pub struct AttemptView {
     pub min_logprob: Option<f64>,
     pub completion_tokens: Option<u64>,
     pub finish_reason: Option<String>,
+    /// The estimated probability that this attempt's answer is correct, from the tier's
+    /// confidence model (only for a tier whose system card cites one).
+    pub p_correct: Option<f64>,
+    /// Every signal of the attempt (what the accept gate saw), absent when the tier failed.
+    pub signals: Option<Signals>,
     pub error: Option<String>,
     /// The accept gate's decision: `accept`, `escalate`, `review` or `deny`.
     pub decision: String,
@@ -238,6 +243,8 @@ impl From<AttemptSummary> for AttemptView {
             min_logprob: a.signals.as_ref().map(|s| s.min_logprob),
             completion_tokens: a.signals.as_ref().map(|s| s.completion_tokens),
             finish_reason: a.signals.as_ref().map(|s| s.finish_reason.clone()),
+            p_correct: a.signals.as_ref().and_then(|s| s.p_correct),
+            signals: a.signals,
             error: a.error,
             decision: a.decision,
             reasons: a.reasons,

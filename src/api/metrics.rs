@@ -11,6 +11,7 @@ use actix_web::{
 
 use super::AppState;
 use crate::{
+    confidence::monitor::CalibrationState,
     error::{ApiError, ErrorCode},
     routing::{CircuitState, drift::SignalDrift},
 };
@@ -43,6 +44,20 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiErro
 #[get("/v1/drift")]
 pub async fn drift(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(state.router.drift_report())
+}
+
+/// Calibration of each tier's P(correct) on this replica: the latest answers people labelled
+/// (feedback, review verdicts) of every tier whose system card cites a confidence model, with
+/// their expected calibration error and, per tenth of predicted P, the count, mean prediction
+/// and observed accuracy. An ECE crossing `calibration_ece_threshold` is `alerting`, and each
+/// crossing is a governance entry in the ledger naming the confidence model version.
+#[utoipa::path(
+    tag = "operations", security(("api_key" = ["auditor", "admin"])),
+    responses((status = 200, description = "By `system/tier`", body = std::collections::BTreeMap<String, CalibrationState>))
+)]
+#[get("/v1/calibration")]
+pub async fn calibration(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(state.router.calibration_report())
 }
 
 /// Counts every error response by its code (`tiergate_errors_total{code}`).

@@ -52,7 +52,7 @@ pub struct AppState {
     tags(
         (name = "inference", description = "OpenAI-compatible chat completions routed through the tiers"),
         (name = "ledger", description = "The tamper-evident decision ledger: checkpoints, proofs, export"),
-        (name = "registry", description = "Versioned model cards, system cards and policy bundles: submit, approve (four-eyes), activate, retire, roll back, export"),
+        (name = "registry", description = "Versioned model cards, system cards, policy bundles and confidence models: submit, approve (four-eyes), activate, retire, roll back, export"),
         (name = "reviews", description = "Human review of held answers, and feedback on answers"),
         (name = "keys", description = "API keys: issue, list, revoke; a key's own roles, limits and usage"),
         (name = "policies", description = "Policy bundles: tests with coverage, dry-run, replay against the ledger, shadow mode"),
@@ -111,6 +111,7 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(keys::revoke_key)
         .service(metrics::metrics)
         .service(metrics::drift)
+        .service(metrics::calibration)
         .service(reviews::list_reviews)
         .service(reviews::get_review)
         .service(reviews::record_verdict)

@@ -25,6 +25,9 @@ pub enum CardCollection {
     Policies,
     /// Stored by `tiergate calibrate`; read and approved here, never submitted or activated.
     CalibrationReports,
+    /// A tier's signals → P(correct): fitted by `tiergate calibrate --fit-confidence` (stored
+    /// as a draft) or submitted here; cited by version from system cards once approved.
+    ConfidenceModels,
 }
 
 impl CardCollection {
@@ -34,6 +37,7 @@ impl CardCollection {
             CardCollection::SystemCards => ArtifactKind::SystemCard,
             CardCollection::Policies => ArtifactKind::PolicyBundle,
             CardCollection::CalibrationReports => ArtifactKind::CalibrationReport,
+            CardCollection::ConfidenceModels => ArtifactKind::ConfidenceModel,
         }
     }
 
@@ -43,6 +47,7 @@ impl CardCollection {
             CardCollection::SystemCards => "system-cards",
             CardCollection::Policies => "policies",
             CardCollection::CalibrationReports => "calibration-reports",
+            CardCollection::ConfidenceModels => "confidence-models",
         }
     }
 }
@@ -125,7 +130,7 @@ pub struct SubmissionBody {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["author"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
     ),
     request_body(content = String, content_type = "application/yaml", description = "A card (YAML or JSON) or a policy bundle (JSON)"),
     responses(
@@ -150,8 +155,12 @@ pub async fn submit_card(
     }
     let ledger = state.router.ledger();
     let (submission, tests) = match collection {
-        CardCollection::ModelCards | CardCollection::SystemCards => {
-            let kind = if collection == CardCollection::ModelCards { CardKind::Model } else { CardKind::System };
+        CardCollection::ModelCards | CardCollection::SystemCards | CardCollection::ConfidenceModels => {
+            let kind = match collection {
+                CardCollection::ModelCards => CardKind::Model,
+                CardCollection::SystemCards => CardKind::System,
+                _ => CardKind::ConfidenceModel,
+            };
             (state.registry.submit_card(ledger, kind, text, &actor, &super::now()).await?, None)
         }
         CardCollection::Policies => {
@@ -191,7 +200,7 @@ pub struct ArtifactList {
 /// List the cards of a collection with their latest and active versions.
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
-    params(("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports")),
+    params(("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models")),
     responses((status = 200, body = ArtifactList))
 )]
 #[get("/v1/registry/{collection}")]
@@ -237,7 +246,7 @@ pub struct VersionList {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
         ("id" = String, Path, description = "Card id"),
     ),
     responses((status = 200, body = VersionList), (status = 404, body = ErrorBody))
@@ -265,7 +274,7 @@ pub(crate) async fn find(state: &AppState, collection: CardCollection, id: &str,
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number, from 1"),
     ),
@@ -304,7 +313,7 @@ pub struct DiffBody {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
         ("id" = String, Path, description = "Card id"),
         DiffQuery,
     ),
@@ -332,7 +341,7 @@ pub async fn diff_versions(
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
     ),
@@ -362,7 +371,7 @@ pub async fn approve_version(
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
     ),
@@ -400,7 +409,7 @@ pub struct RollbackRequest {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
         ("id" = String, Path, description = "Card id"),
     ),
     request_body(content = Option<RollbackRequest>, description = "Optional; empty body = previous active version"),
@@ -439,6 +448,12 @@ async fn make_active(
     if kind == ArtifactKind::CalibrationReport {
         return Err(ApiError::Conflict("calibration reports are evidence: they are approved and cited, never active".into()));
     }
+    if kind == ArtifactKind::ConfidenceModel {
+        return Err(ApiError::Conflict(
+            "confidence models are cited by version from a system card (tiers[i].confidence_model) once approved; they are never active themselves"
+                .into(),
+        ));
+    }
     state.registry.check_activation(kind, reference, actor).await?;
     let route = match kind {
         ArtifactKind::SystemCard => {
@@ -469,7 +484,7 @@ async fn make_active(
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies or calibration-reports"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
     ),

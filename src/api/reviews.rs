@@ -269,6 +269,7 @@ pub async fn record_feedback(state: web::Data<AppState>, caller: Caller, body: w
 /// `tiergate_feedback_total{system, tier_served, escalated, correct}`: accuracy of answers
 /// served by the small tier against escalated ones.
 fn count_feedback(state: &AppState, system: &str, entry: &Value, correct: bool) {
+    state.router.observe_label(entry, correct);
     let tier = entry.get("served_tier").and_then(Value::as_u64).map_or_else(|| "none".to_owned(), |t| t.to_string());
     let escalated = entry.get("escalated").and_then(Value::as_bool).unwrap_or(false);
     state

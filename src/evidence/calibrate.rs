@@ -63,6 +63,18 @@ pub struct CalibrationReport {
     /// The policy data that applies the recommendation (see the README): merge it into a new
     /// version of the system's policy bundle and cite this report's digest.
     pub policy_data: Option<Value>,
+    /// With `--fit-confidence`: each tier's confidence model, the P(correct) sweep and, with a
+    /// transfer workload, how the thresholds carry over to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<super::confidence::ConfidenceReport>,
+}
+
+/// What `--fit-confidence` asks of a calibration run.
+#[derive(Debug, Clone, Default)]
+pub struct ConfidenceOptions<'a> {
+    pub fit: bool,
+    /// Another labelled workload (name, sha256, items) to measure the thresholds' transfer on.
+    pub transfer: Option<(&'a str, &'a str, &'a [WorkloadItem])>,
 }
 
 /// Runs the two single-tier variants of `system` over `items` and sweeps the threshold.
@@ -73,6 +85,7 @@ pub async fn calibrate(
     workload_sha256: &str,
     items: &[WorkloadItem],
     target_accuracy: f64,
+    options: &ConfidenceOptions<'_>,
 ) -> anyhow::Result<CalibrationReport> {
     anyhow::ensure!((0.0..=1.0).contains(&target_accuracy), "--target-accuracy must be between 0 and 1, not {target_accuracy}");
     anyhow::ensure!(items.iter().all(WorkloadItem::is_labelled), "calibration needs a labelled workload: every item needs expected or expected_any");
@@ -90,7 +103,19 @@ pub async fn calibrate(
     let sweep = sweep(&small, &large);
     let recommended = recommend(&sweep, target_accuracy);
     let policy_data = recommended.as_ref().map(|point| policy_data(&card, system, point.threshold));
+    let confidence = if options.fit {
+        let mut report = super::confidence::fit_tiers(&card, system, (workload, workload_sha256), &small, &large, target_accuracy)?;
+        if let Some((name, sha256, transfer_items)) = options.transfer.filter(|_| report.tiers.first().is_some_and(|t| t.tier == 0)) {
+            anyhow::ensure!(transfer_items.iter().all(WorkloadItem::is_labelled), "the transfer workload must be labelled");
+            let (other, _) = gateway.run(&first_id, transfer_items, 1).await?;
+            report.transfer = Some(super::confidence::transfer_report(&report, &small, (name, sha256, transfer_items), &other)?);
+        }
+        Some(report)
+    } else {
+        None
+    };
     Ok(CalibrationReport {
+        confidence,
         kind: "calibration-report",
         system: system.to_owned(),
         system_digest,
@@ -149,25 +174,35 @@ pub fn auroc(observations: &[Observation]) -> Option<f64> {
 /// between each pair of neighbouring distinct signals (midway, so that rounding cannot move
 /// an item across it), and one above all (escalate everything).
 pub fn sweep(small: &[Observation], large: &[Observation]) -> Vec<SweepPoint> {
+    let scores: Vec<Option<f64>> = small.iter().map(|o| o.first_mean_logprob).collect();
+    let finite: Vec<f64> = scores.iter().flatten().copied().filter(|s| s.is_finite()).collect();
+    let lowest = finite.iter().copied().reduce(f64::min).unwrap_or(0.0);
+    let highest = finite.iter().copied().reduce(f64::max).unwrap_or(0.0);
+    sweep_scores(small, large, &scores, (round(lowest - 0.5), round(highest.max(-0.5) + 1.0)))
+}
+
+/// The sweep over any per-item score of the first tier's answers (`None`: never accepted),
+/// with `edges` as the thresholds that accept everything and nothing.
+pub fn sweep_scores(small: &[Observation], large: &[Observation], scores: &[Option<f64>], edges: (f64, f64)) -> Vec<SweepPoint> {
     let n = small.len().max(1) as f64;
-    let signal = |o: &Observation| o.first_mean_logprob.unwrap_or(f64::NEG_INFINITY);
-    let mut signals: Vec<f64> = small.iter().map(signal).filter(|s| s.is_finite()).collect();
+    let signal = |i: usize| scores.get(i).copied().flatten().unwrap_or(f64::NEG_INFINITY);
+    let mut signals: Vec<f64> = (0..small.len()).map(signal).filter(|s| s.is_finite()).collect();
     signals.sort_by(f64::total_cmp);
     signals.dedup();
     let mut thresholds = Vec::new();
-    if let (Some(lowest), Some(highest)) = (signals.first(), signals.last()) {
-        thresholds.push(round(lowest - 0.5));
+    if !signals.is_empty() {
+        thresholds.push(edges.0);
         thresholds.extend(signals.windows(2).map(|pair| (pair[0] + pair[1]) / 2.0));
-        thresholds.push(round(highest.max(-0.5) + 1.0));
+        thresholds.push(edges.1);
     }
     thresholds
         .into_iter()
         .map(|threshold| {
             let (mut correct, mut accepted, mut accepted_correct, mut model_ms, mut cost) = (0usize, 0usize, 0usize, 0.0, 0.0);
-            for (s, l) in small.iter().zip(large) {
+            for (i, (s, l)) in small.iter().zip(large).enumerate() {
                 model_ms += s.model_ms;
                 cost += s.cost;
-                if signal(s) >= threshold {
+                if signal(i) >= threshold {
                     accepted += 1;
                     accepted_correct += usize::from(s.correct == Some(true));
                     correct += usize::from(s.correct == Some(true));
@@ -277,6 +312,7 @@ mod tests {
             answer: Some(String::new()),
             correct: Some(correct),
             first_mean_logprob: Some(signal),
+            first_signals: None,
         }
     }
 

@@ -9,6 +9,7 @@
 pub mod calibrate;
 pub(crate) mod chart;
 pub mod compare;
+pub mod confidence;
 mod workload;
 
 use std::{path::PathBuf, time::Instant};
@@ -43,6 +44,9 @@ pub struct Observation {
     pub correct: Option<bool>,
     /// The first attempt's mean token log-probability (the confidence signal).
     pub first_mean_logprob: Option<f64>,
+    /// Every signal of the first attempt (what a confidence model is fitted on).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_signals: Option<crate::inference::Signals>,
 }
 
 /// A gateway started for one evidence run: scratch data directory and database, the card
@@ -127,6 +131,7 @@ impl ScratchGateway {
             cost: meta["cost"].as_f64().unwrap_or(0.0),
             correct: answer.as_deref().filter(|_| served).and_then(|a| item.is_correct(a)),
             first_mean_logprob: meta.pointer("/attempts/0/mean_logprob").and_then(Value::as_f64),
+            first_signals: meta.pointer("/attempts/0/signals").and_then(|s| serde_json::from_value(s.clone()).ok()),
             answer,
             outcome,
         })

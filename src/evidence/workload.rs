@@ -116,4 +116,16 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), items.len(), "ids are unique");
     }
+
+    #[test]
+    fn the_arithmetic_workload_is_labelled_with_the_answer_of_each_problem() {
+        let items = load_workload(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/arithmetic-word-problems.jsonl")).unwrap();
+        assert_eq!(items.len(), 160);
+        // Each label is the arithmetic of its problem: recompute the one-step ones.
+        for item in items.iter().filter(|i| i.kind.as_deref() == Some("add")) {
+            let numbers: Vec<i64> = item.prompt.as_deref().unwrap().split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+            assert_eq!(item.expected.as_deref(), Some((numbers[0] + numbers[1]).to_string().as_str()), "{}", item.id);
+            assert_eq!(item.is_correct(&format!("The answer is {}.", numbers[0] + numbers[1])), Some(true));
+        }
+    }
 }

@@ -167,7 +167,7 @@ pub(crate) fn yes_probability(chosen: Option<(&str, f64)>, alternatives: &[(Stri
 }
 
 /// Confidence signals derived from the generated tokens' own log-probabilities.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Signals {
     /// Mean log-probability of the chosen tokens (0 = certain; more negative = less sure).
     pub mean_logprob: f64,
@@ -179,7 +179,27 @@ pub struct Signals {
     /// The model's own probability that its answer is correct (only with `self_check`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub self_check_yes: Option<f64>,
+    /// Mean over tokens of the chosen token's log-probability minus the best other
+    /// alternative's (0 = a coin toss between two tokens; larger = clearer choices). Needs the
+    /// tokens' alternatives, which the gateway always asks for ([`SIGNAL_ALTERNATIVES`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_margin: Option<f64>,
+    /// The smallest such margin: the answer's least clear choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_margin: Option<f64>,
+    /// Mean over tokens of the entropy (nats) of the reported alternatives, the probability
+    /// mass outside them counted as one more outcome (a lower bound of the full entropy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_entropy: Option<f64>,
+    /// The estimated probability that this answer is correct, from the tier's confidence
+    /// model (`crate::confidence`); only when the system card cites one for the tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p_correct: Option<f64>,
 }
+
+/// Alternatives asked for each generated token whatever the caller asked: the margin and
+/// entropy signals need them. Asking does not change which token is chosen.
+pub const SIGNAL_ALTERNATIVES: u8 = 5;
 
 /// Tokens below this log-probability (ln 0.1) count as low-probability choices.
 const LOW_PROB_LOGPROB: f64 = -std::f64::consts::LN_10;
@@ -197,6 +217,7 @@ impl Signals {
             let low = logprobs.iter().filter(|l| **l < LOW_PROB_LOGPROB).count();
             (sum / count as f64, min, low as f64 / count as f64)
         };
+        let (mean_margin, min_margin, mean_entropy) = alternative_signals(&generation.token_logprobs, &generation.token_alternatives);
         Signals {
             mean_logprob: finite_or(mean, -1.0e9),
             min_logprob: finite_or(min, -1.0e9),
@@ -204,8 +225,39 @@ impl Signals {
             completion_tokens: generation.completion_tokens,
             finish_reason: generation.finish_reason.clone(),
             self_check_yes: generation.self_check_yes,
+            mean_margin,
+            min_margin,
+            mean_entropy,
+            p_correct: None,
         }
     }
+}
+
+/// (mean margin, min margin, mean entropy) over the tokens that have at least two reported
+/// alternatives; all `None` when no token has.
+fn alternative_signals(chosen: &[f32], alternatives: &[Vec<(String, f32)>]) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let (mut margins, mut entropies) = (Vec::new(), Vec::new());
+    for (chosen, alternatives) in chosen.iter().zip(alternatives) {
+        let chosen = f64::from(*chosen);
+        let mut logprobs: Vec<f64> = alternatives.iter().map(|(_, l)| f64::from(*l)).filter(|l| l.is_finite()).collect();
+        if logprobs.len() < 2 || !chosen.is_finite() {
+            continue;
+        }
+        logprobs.sort_by(|a, b| b.total_cmp(a));
+        // The chosen token is among the alternatives (first, when decoding is greedy); the best
+        // other one is the next. A sampled token below the best gives a negative margin.
+        let chosen_is_best = (logprobs[0] - chosen).abs() < 1e-5;
+        margins.push(if chosen_is_best { chosen - logprobs[1] } else { chosen - logprobs[0] });
+        let mass: f64 = logprobs.iter().map(|l| l.exp()).sum();
+        let rest = (1.0 - mass).max(0.0);
+        let rest_term = if rest > 0.0 { -rest * rest.ln() } else { 0.0 };
+        entropies.push(logprobs.iter().map(|l| -l.exp() * l).sum::<f64>() + rest_term);
+    }
+    if margins.is_empty() {
+        return (None, None, None);
+    }
+    let n = margins.len() as f64;
+    (Some(margins.iter().sum::<f64>() / n), margins.iter().copied().reduce(f64::min), Some(entropies.iter().sum::<f64>() / n))
 }
 
 /// JSON has no infinities; a very negative number keeps comparisons in Rego meaningful.
@@ -246,6 +298,24 @@ mod tests {
         assert!((signals.mean_logprob - (-1.0)).abs() < 1e-6);
         assert!((signals.min_logprob - (-3.0)).abs() < 1e-6);
         assert!((signals.low_prob_share - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn margins_and_entropy_come_from_the_alternatives_of_each_token() {
+        let mut g = generation(vec![0.5f32.ln(), 0.9f32.ln()]);
+        g.token_alternatives = vec![
+            vec![("a".into(), 0.5f32.ln()), ("b".into(), 0.25f32.ln()), ("c".into(), 0.25f32.ln())],
+            vec![("x".into(), 0.9f32.ln()), ("y".into(), 0.1f32.ln())],
+        ];
+        let signals = Signals::from_generation(&g);
+
+        let margins = [2.0f64.ln(), 9.0f64.ln()];
+        assert!((signals.mean_margin.unwrap() - (margins[0] + margins[1]) / 2.0).abs() < 1e-5);
+        assert!((signals.min_margin.unwrap() - margins[0]).abs() < 1e-5);
+        let entropy = |ps: &[f64]| ps.iter().map(|p| -p * p.ln()).sum::<f64>();
+        let expected = (entropy(&[0.5, 0.25, 0.25]) + entropy(&[0.9, 0.1])) / 2.0;
+        assert!((signals.mean_entropy.unwrap() - expected).abs() < 1e-5, "{:?}", signals.mean_entropy);
+        assert_eq!(Signals::from_generation(&generation(vec![-0.1])).mean_margin, None, "no alternatives, no margin");
     }
 
     #[test]

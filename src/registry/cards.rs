@@ -9,11 +9,12 @@ use super::reference::ArtifactRef;
 
 static MODEL_CARD_SCHEMA: &str = include_str!("../../model-cards/schema/model-card.schema.json");
 static SYSTEM_CARD_SCHEMA: &str = include_str!("../../model-cards/schema/system-card.schema.json");
+static CONFIDENCE_MODEL_SCHEMA: &str = include_str!("../../model-cards/schema/confidence-model.schema.json");
 
 /// Compiled once: the schemas ship inside the binary, so a bad one is a build defect caught by
 /// the unit tests below, never a runtime condition.
-static VALIDATORS: LazyLock<Result<(jsonschema::Validator, jsonschema::Validator), String>> =
-    LazyLock::new(|| Ok((compile_schema(MODEL_CARD_SCHEMA)?, compile_schema(SYSTEM_CARD_SCHEMA)?)));
+static VALIDATORS: LazyLock<Result<[jsonschema::Validator; 3], String>> =
+    LazyLock::new(|| Ok([compile_schema(MODEL_CARD_SCHEMA)?, compile_schema(SYSTEM_CARD_SCHEMA)?, compile_schema(CONFIDENCE_MODEL_SCHEMA)?]));
 
 fn compile_schema(text: &str) -> Result<jsonschema::Validator, String> {
     let schema: Value = serde_json::from_str(text).map_err(|e| format!("schema is not JSON: {e}"))?;
@@ -50,6 +51,19 @@ impl std::fmt::Display for SchemaViolation {
 pub enum CardKind {
     Model,
     System,
+    /// A tier's signals → P(correct) (`crate::confidence`).
+    ConfidenceModel,
+}
+
+impl CardKind {
+    /// The `kind` field's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardKind::Model => "model-card",
+            CardKind::System => "system-card",
+            CardKind::ConfidenceModel => "confidence-model",
+        }
+    }
 }
 
 /// A card that parsed and passed its schema.
@@ -69,15 +83,20 @@ pub fn parse_card(text: &str) -> Result<ValidatedCard, CardError> {
     let kind = match document.get("kind").and_then(Value::as_str) {
         Some("model-card") => CardKind::Model,
         Some("system-card") => CardKind::System,
+        Some("confidence-model") => CardKind::ConfidenceModel,
         Some(other) => {
-            return Err(CardError::Invalid(format!("/kind: {other:?} is not a card kind (expected \"model-card\" or \"system-card\")")));
+            return Err(CardError::Invalid(format!(
+                "/kind: {other:?} is not a card kind (expected \"model-card\", \"system-card\" or \"confidence-model\")"
+            )));
         }
-        None => return Err(CardError::Invalid("/kind: missing (\"model-card\" or \"system-card\")".into())),
+        None => return Err(CardError::Invalid("/kind: missing (\"model-card\", \"system-card\" or \"confidence-model\")".into())),
     };
-    let (model_validator, system_validator) = VALIDATORS.as_ref().map_err(|e| CardError::Invalid(format!("built-in schema: {e}")))?;
+    let [model_validator, system_validator, confidence_validator] =
+        VALIDATORS.as_ref().map_err(|e| CardError::Invalid(format!("built-in schema: {e}")))?;
     let validator = match kind {
         CardKind::Model => model_validator,
         CardKind::System => system_validator,
+        CardKind::ConfidenceModel => confidence_validator,
     };
     let violations: Vec<SchemaViolation> = validator
         .iter_errors(&document)
@@ -89,6 +108,9 @@ pub fn parse_card(text: &str) -> Result<ValidatedCard, CardError> {
         .collect();
     if !violations.is_empty() {
         return Err(CardError::Schema(violations));
+    }
+    if kind == CardKind::ConfidenceModel {
+        crate::confidence::check_document(&document).map_err(CardError::Invalid)?;
     }
     let id = document.get("id").and_then(Value::as_str).ok_or_else(|| CardError::Invalid("/id: missing".into()))?.to_owned();
     Ok(ValidatedCard { kind, id, document })
@@ -198,6 +220,9 @@ pub struct TierSpec {
     pub name: String,
     pub model: ArtifactRef,
     pub decoding: Decoding,
+    /// The confidence model whose P(correct) this tier's answers get.
+    #[serde(default)]
+    pub confidence_model: Option<ArtifactRef>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -83,18 +85,29 @@ impl Registry {
     pub async fn submit_card(&self, ledger: &Ledger, expected: CardKind, text: &str, actor: &Actor, now: &str) -> Result<Submission, LifecycleError> {
         let card = parse_card(text)?;
         if card.kind != expected {
-            let (sent, wanted) = match expected {
-                CardKind::Model => ("system-card", "model cards"),
-                CardKind::System => ("model-card", "system cards"),
+            let wanted = match expected {
+                CardKind::Model => "model cards",
+                CardKind::System => "system cards",
+                CardKind::ConfidenceModel => "confidence models",
             };
-            return Err(LifecycleError::Unprocessable(format!("/kind: {sent:?} sent where {wanted} are submitted")));
+            return Err(LifecycleError::Unprocessable(format!("/kind: {:?} sent where {wanted} are submitted", card.kind.as_str())));
         }
         let kind = match card.kind {
             CardKind::Model => ArtifactKind::ModelCard,
-            CardKind::System => {
-                let missing = self.missing_references(&card.document).await?;
+            CardKind::ConfidenceModel => {
+                let missing = self.missing_references_of(confidence_model_references(&card.document)).await?;
                 if !missing.is_empty() {
                     return Err(LifecycleError::Unprocessable(missing.join("; ")));
+                }
+                ArtifactKind::ConfidenceModel
+            }
+            CardKind::System => {
+                let mut problems = self.missing_references(&card.document).await?;
+                if problems.is_empty() {
+                    problems = self.confidence_model_mismatches(&card.document).await?;
+                }
+                if !problems.is_empty() {
+                    return Err(LifecycleError::Unprocessable(problems.join("; ")));
                 }
                 ArtifactKind::SystemCard
             }
@@ -169,8 +182,34 @@ impl Registry {
 
     /// Every pinned reference of a system card that does not exist, described.
     async fn missing_references(&self, document: &Value) -> anyhow::Result<Vec<String>> {
+        self.missing_references_of(system_references(document)).await
+    }
+
+    /// Each tier's confidence model must have been fitted on the tier's model and use only
+    /// signals the system produces; every tier that breaks this, described.
+    pub async fn confidence_model_mismatches(&self, document: &Value) -> anyhow::Result<Vec<String>> {
+        let self_check = document.pointer("/escalation/self_check").and_then(Value::as_bool).unwrap_or(false);
+        let mut problems = Vec::new();
+        for (index, tier) in document.get("tiers").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let Some(text) = tier.get("confidence_model").and_then(Value::as_str) else { continue };
+            let (Ok(reference), Ok(tier_model)) =
+                (ArtifactRef::parse(text), ArtifactRef::parse(tier.get("model").and_then(Value::as_str).unwrap_or_default()))
+            else {
+                continue;
+            };
+            let Some(version) = self.get(ArtifactKind::ConfidenceModel, &reference).await? else { continue };
+            let model: crate::confidence::ConfidenceModelDocument =
+                serde_json::from_value(version.document).with_context(|| format!("stored confidence model {reference}"))?;
+            if let Some(problem) = crate::confidence::tier_mismatch(&format!("/tiers/{index}/confidence_model"), &model, &tier_model, self_check) {
+                problems.push(problem);
+            }
+        }
+        Ok(problems)
+    }
+
+    async fn missing_references_of(&self, references: Vec<(String, ArtifactKind, String)>) -> anyhow::Result<Vec<String>> {
         let mut missing = Vec::new();
-        for (pointer, kind, text) in system_references(document) {
+        for (pointer, kind, text) in references {
             match ArtifactRef::parse(&text) {
                 Err(message) => missing.push(format!("{pointer}: {message}")),
                 Ok(reference) => {
@@ -467,8 +506,17 @@ fn system_references(document: &Value) -> Vec<(String, ArtifactKind, String)> {
     let mut references = vec![("/policy".to_owned(), ArtifactKind::PolicyBundle, text(document.get("policy")))];
     for (index, tier) in document.get("tiers").and_then(Value::as_array).into_iter().flatten().enumerate() {
         references.push((format!("/tiers/{index}/model"), ArtifactKind::ModelCard, text(tier.get("model"))));
+        if let Some(confidence) = tier.get("confidence_model") {
+            references.push((format!("/tiers/{index}/confidence_model"), ArtifactKind::ConfidenceModel, text(Some(confidence))));
+        }
     }
     references
+}
+
+/// The model card version a confidence model was fitted on.
+fn confidence_model_references(document: &Value) -> Vec<(String, ArtifactKind, String)> {
+    let model = document.get("tier_model").and_then(Value::as_str).unwrap_or_default().to_owned();
+    vec![("/tier_model".to_owned(), ArtifactKind::ModelCard, model)]
 }
 
 fn governance_entry(

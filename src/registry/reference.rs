@@ -11,6 +11,8 @@ pub enum ArtifactKind {
     PolicyBundle,
     /// Evidence, not configuration: `tiergate calibrate` results, cited by policy data.
     CalibrationReport,
+    /// A tier's signals → P(correct); cited by version from system cards.
+    ConfidenceModel,
 }
 
 impl ArtifactKind {
@@ -20,6 +22,7 @@ impl ArtifactKind {
             ArtifactKind::SystemCard => "system_card",
             ArtifactKind::PolicyBundle => "policy_bundle",
             ArtifactKind::CalibrationReport => "calibration_report",
+            ArtifactKind::ConfidenceModel => "confidence_model",
         }
     }
 }

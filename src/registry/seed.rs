@@ -34,13 +34,20 @@ pub async fn seed_shipped(registry: &Registry, cards_dirs: &[PathBuf], policies_
         seed_one(registry, ArtifactKind::PolicyBundle, &source.id, &original, &document, now, &mut report).await?;
     }
     let mut cards = read_cards(cards_dirs)?;
-    // Model cards before system cards: a system card's references must already exist.
-    cards.sort_by_key(|(_, _, card)| card.kind == CardKind::System);
+    // Model cards, then confidence models, then system cards: references must already exist.
+    cards.sort_by_key(|(_, _, card)| match card.kind {
+        CardKind::Model => 0,
+        CardKind::ConfidenceModel => 1,
+        CardKind::System => 2,
+    });
     for (path, text, card) in cards {
         let kind = match card.kind {
             CardKind::Model => ArtifactKind::ModelCard,
+            CardKind::ConfidenceModel => ArtifactKind::ConfidenceModel,
             CardKind::System => {
                 check_system_references(registry, &card.document).await.with_context(|| format!("shipped card {}", path.display()))?;
+                let mismatches = registry.confidence_model_mismatches(&card.document).await?;
+                anyhow::ensure!(mismatches.is_empty(), "shipped card {}: {}", path.display(), mismatches.join("; "));
                 ArtifactKind::SystemCard
             }
         };
@@ -82,13 +89,15 @@ async fn seed_one(
         report.unchanged.push(label);
         return Ok(());
     }
-    let activate = match registry.active_version(kind, id).await? {
-        None => true,
-        Some(version) => {
-            let current = registry.require(kind, &ArtifactRef { id: id.to_owned(), version }).await?;
-            current.author == SHIPPED_AUTHOR
-        }
-    };
+    // Confidence models are cited by version, never active: approved is their serving state.
+    let activate = kind != ArtifactKind::ConfidenceModel
+        && match registry.active_version(kind, id).await? {
+            None => true,
+            Some(version) => {
+                let current = registry.require(kind, &ArtifactRef { id: id.to_owned(), version }).await?;
+                current.author == SHIPPED_AUTHOR
+            }
+        };
     if activate {
         registry.activate_shipped(kind, &stored.reference, now).await?;
     } else {
@@ -115,6 +124,12 @@ async fn check_system_references(registry: &Registry, document: &Value) -> anyho
     let mut references = vec![(ArtifactKind::PolicyBundle, document.get("policy"))];
     if let Some(tiers) = document.get("tiers").and_then(Value::as_array) {
         references.extend(tiers.iter().map(|tier| (ArtifactKind::ModelCard, tier.get("model"))));
+        references.extend(
+            tiers
+                .iter()
+                .filter(|tier| tier.get("confidence_model").is_some())
+                .map(|tier| (ArtifactKind::ConfidenceModel, tier.get("confidence_model"))),
+        );
     }
     for (kind, value) in references {
         let text = value.and_then(Value::as_str).unwrap_or_default();

@@ -12,6 +12,7 @@ use super::{
     guard::{GuardLimits, TierGuard},
 };
 use crate::{
+    confidence::LoadedConfidenceModel,
     inference::{DecodingProfile, LoadedPromptFormat, MistralRuntime, RemoteRuntime, TierRuntime, ensure_runnable_weights},
     policy::{BundleSource, CompiledBundle},
     registry::{ArtifactKind, ArtifactRef, ArtifactVersion, ModelCard, Registry, Runtime, SystemCard},
@@ -90,8 +91,24 @@ impl SystemLoader {
                     )
                 }
             };
+            let confidence = match &tier.confidence_model {
+                None => None,
+                Some(reference) => {
+                    let stored = self.registry.require(ArtifactKind::ConfidenceModel, reference).await?;
+                    let model = LoadedConfidenceModel::from_document(reference.clone(), stored.digest.clone(), &stored.document)?;
+                    anyhow::ensure!(
+                        model.tier_model == tier.model,
+                        "system {}: tier {index}: confidence model {reference} was fitted on {}, not {}",
+                        card.id,
+                        model.tier_model,
+                        tier.model
+                    );
+                    Some(Arc::new(model))
+                }
+            };
             tiers.push(TierRoute {
                 index,
+                confidence,
                 name: tier.name.clone(),
                 model: tier.model.clone(),
                 model_digest: model_version.digest.clone(),

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use tracing::Instrument;
 
 use crate::{
+    confidence::monitor::{CalibrationMonitor, CalibrationSettings, CalibrationState},
     inference::{DecodingProfile, PromptTooLong, Signals, Turn},
     ledger::Ledger,
     metrics::Metrics,
@@ -173,6 +174,7 @@ pub struct Router {
     store_text: bool,
     metrics: Arc<Metrics>,
     drift: std::sync::Mutex<DriftMonitor>,
+    calibration: std::sync::Mutex<CalibrationMonitor>,
 }
 
 impl Router {
@@ -186,6 +188,78 @@ impl Router {
             store_text,
             metrics,
             drift: std::sync::Mutex::new(DriftMonitor::new(drift)),
+            calibration: std::sync::Mutex::new(CalibrationMonitor::new(CalibrationSettings::default())),
+        }
+    }
+
+    /// Judges tiers' P(correct) against labelled answers with these settings.
+    pub fn with_calibration(self, settings: CalibrationSettings) -> Router {
+        Router { calibration: std::sync::Mutex::new(CalibrationMonitor::new(settings)), ..self }
+    }
+
+    /// Calibration of every tier with a confidence model that has labelled answers, by
+    /// `system/tier`, on this replica.
+    pub fn calibration_report(&self) -> BTreeMap<String, CalibrationState> {
+        self.calibration.lock().unwrap_or_else(PoisonError::into_inner).report()
+    }
+
+    /// A served answer was labelled right or wrong (feedback, or a review verdict on a held
+    /// one): compares its P(correct) with the outcome, publishes the tier's calibration, and
+    /// records a crossing of the threshold as a governance entry (`calibration_alert` or
+    /// `calibration_recovered`) naming the confidence model version.
+    pub fn observe_label(&self, entry: &Value, correct: bool) {
+        let Some(system) = entry.pointer("/system/id").and_then(Value::as_str) else { return };
+        // The labelled answer is the served one, or the held one (the last attempt).
+        let attempts = entry.get("attempts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
+        let attempt = match entry.get("served_tier").and_then(Value::as_u64) {
+            Some(tier) => attempts.iter().rev().find(|a| a.get("tier").and_then(Value::as_u64) == Some(tier)),
+            None => attempts.last(),
+        };
+        let Some(attempt) = attempt else { return };
+        let (Some(p), Some(model), Some(tier)) = (
+            attempt.pointer("/signals/p_correct").and_then(Value::as_f64),
+            attempt.get("confidence_model").filter(|m| !m.is_null()),
+            attempt.get("tier").and_then(Value::as_u64),
+        ) else {
+            return;
+        };
+        let model_ref = format!("{}@{}", model["id"].as_str().unwrap_or_default(), model["version"]);
+        let tier = tier as usize;
+        let (state, event) = self.calibration.lock().unwrap_or_else(PoisonError::into_inner).observe(system, tier, &model_ref, p, correct);
+        let tier_label = tier.to_string();
+        if let Some(ece) = state.ece {
+            self.metrics.confidence_ece.with_label_values(&[system, &tier_label, &model_ref]).set(ece);
+        }
+        for bin in &state.bins {
+            let bin_label = format!("{:.1}", bin.from);
+            for (quantity, value) in [("predicted", &bin.mean_predicted), ("observed", &bin.observed_accuracy)] {
+                if let Some(value) = value {
+                    self.metrics.confidence_bin.with_label_values(&[system, &tier_label, &bin_label, quantity]).set(*value);
+                }
+            }
+        }
+        if let Some(event) = event {
+            tracing::warn!(system, tier, confidence_model = %model_ref, ece = event.ece, state = event.state, "calibration threshold crossed");
+            let name = format!("calibration_{}", event.state);
+            let draft = crate::ledger::EntryDraft {
+                entry_type: "governance",
+                request_id: format!("calibration-{}", uuid::Uuid::now_v7()),
+                system_id: Some(system.to_owned()),
+                outcome: name.clone(),
+                body: json!({
+                    "event": name,
+                    "artifact": {"kind": "confidence_model", "id": model["id"], "version": model["version"], "digest": model["digest"]},
+                    "system": entry.get("system"),
+                    "actor": {"id": "tiergate-calibration-monitor", "replica": self.ledger.replica()},
+                    "calibration": event,
+                }),
+            };
+            let ledger = self.ledger.clone();
+            tokio::spawn(async move {
+                if let Err(error) = ledger.append(draft).await {
+                    tracing::error!(error = ?error, "recording a calibration event in the ledger failed");
+                }
+            });
         }
     }
 
@@ -413,7 +487,7 @@ impl Router {
                 match accept.action.as_str() {
                     "accept" => {
                         outcome = Outcome::Served;
-                        answer = attempt.served(tier);
+                        answer = attempt.served(tier, request.top_logprobs);
                         break;
                     }
                     "escalate" if tier.index + 1 < tier_count => continue,
@@ -421,12 +495,12 @@ impl Router {
                         // The policy asked for a tier that does not exist: treat as review, never as accept.
                         reasons.push("policy escalated from the last tier: held for human review".into());
                         outcome = Outcome::HeldForReview;
-                        held_answer = attempt.served(tier);
+                        held_answer = attempt.served(tier, request.top_logprobs);
                         break;
                     }
                     "review" => {
                         outcome = Outcome::HeldForReview;
-                        held_answer = attempt.served(tier);
+                        held_answer = attempt.served(tier, request.top_logprobs);
                         break;
                     }
                     _ => {
@@ -479,7 +553,9 @@ impl Router {
             temperature: request.temperature.unwrap_or(tier.decoding.temperature),
             system_prompt: tier.decoding.system_prompt.clone(),
             prompt_format: tier.decoding.prompt_format.clone(),
-            top_logprobs: request.top_logprobs,
+            // The margin and entropy signals need alternatives; the caller gets only as many
+            // as it asked for (`Attempt::served`).
+            top_logprobs: request.top_logprobs.max(crate::inference::SIGNAL_ALTERNATIVES),
         };
         let started = Instant::now();
         let result = match admission {
@@ -514,7 +590,7 @@ impl Router {
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
         let attempt = match result {
             Ok(generation) => Attempt {
-                signals: Some(Signals::from_generation(&generation)),
+                signals: Some(signals_with_confidence(&generation, tier)),
                 error: None,
                 error_code: None,
                 latency_ms,
@@ -535,6 +611,7 @@ impl Router {
                 }
             }
         };
+        let (prompt_tokens, completion_tokens) = attempt.generation.as_ref().map_or((0, 0), |g| (g.prompt_tokens, g.completion_tokens));
         let mut input = base_input.clone();
         input["attempt"] = json!({
             "tier": tier.index,
@@ -544,6 +621,12 @@ impl Router {
             "error_code": attempt.error_code,
             "latency_ms": attempt.latency_ms,
             "signals": attempt.signals,
+            "confidence_model": tier.confidence.as_ref().map(|m| json!({"id": m.reference.id, "version": m.reference.version, "digest": m.digest})),
+            "cost": tier.cost(prompt_tokens, completion_tokens),
+            // What the next tier would cost for as many tokens as this attempt used, from its
+            // model card's prices: the price of escalating, for a policy weighing it against
+            // the expected cost of a wrong answer.
+            "next_tier_cost_estimate": system.tiers.get(tier.index + 1).and_then(|next| next.cost(prompt_tokens, completion_tokens)),
         });
         let accept_span = tracing::info_span!("policy.accept", gate = "accept", tier = tier.index, decision = tracing::field::Empty);
         let decision = accept_span.in_scope(|| system.policy.evaluate(Gate::Accept, &input, system.tiers.len()));
@@ -566,7 +649,8 @@ pub(crate) struct Attempt {
 }
 
 impl Attempt {
-    fn served(&self, tier: &TierRoute) -> Option<ServedAnswer> {
+    /// The answer as the caller gets it, with `top_logprobs` alternatives per token.
+    fn served(&self, tier: &TierRoute, top_logprobs: u8) -> Option<ServedAnswer> {
         self.generation.as_ref().map(|g| ServedAnswer {
             tier: tier.index,
             tier_name: tier.name.clone(),
@@ -581,11 +665,22 @@ impl Attempt {
                 .map(|(i, logprob)| TokenChoice {
                     token: g.token_texts.get(i).cloned().unwrap_or_default(),
                     logprob: *logprob,
-                    alternatives: g.token_alternatives.get(i).cloned().unwrap_or_default(),
+                    alternatives: g
+                        .token_alternatives
+                        .get(i)
+                        .map(|a| a.iter().take(usize::from(top_logprobs)).cloned().collect())
+                        .unwrap_or_default(),
                 })
                 .collect(),
         })
     }
+}
+
+/// The attempt's signals, with P(correct) from the tier's confidence model when it has one.
+fn signals_with_confidence(generation: &crate::inference::Generation, tier: &TierRoute) -> Signals {
+    let mut signals = Signals::from_generation(generation);
+    signals.p_correct = tier.confidence.as_ref().and_then(|model| model.predictor.predict(&signals)).map(|p| (p * 1e6).round() / 1e6);
+    signals
 }
 
 fn request_facts_input(request: &ChatRequest) -> Value {

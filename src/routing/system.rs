@@ -42,6 +42,8 @@ pub struct TierRoute {
     /// The model card's limit on generated tokens per request.
     pub max_tokens_limit: Option<u32>,
     pub cost: Option<Cost>,
+    /// Turns this tier's signals into P(correct), when the system card cites one.
+    pub confidence: Option<Arc<crate::confidence::LoadedConfidenceModel>>,
 }
 
 impl TierRoute {

@@ -55,6 +55,7 @@ async fn each_role_reaches_its_endpoint_groups_and_no_others() {
         ("review verdict", "POST", "/v1/reviews/999999/verdict", Some(json!({"verdict": "approve"})), &["reviewer"]),
         ("feedback", "POST", "/v1/feedback", Some(json!({"ledger_index": 999999, "correct": true})), &["app", "reviewer"]),
         ("metrics", "GET", "/metrics", None, &["auditor", "admin"]),
+        ("calibration", "GET", "/v1/calibration", None, &["auditor", "admin"]),
         ("own key", "GET", "/v1/keys/me", None, &["admin", "author", "approver", "app", "reviewer", "auditor"]),
     ];
 

@@ -161,3 +161,92 @@ async fn a_calibrated_threshold_applied_as_policy_data_reproduces_the_reported_e
     let reproduced = escalated as f64 / 8.0;
     assert_eq!(reproduced, recommended["escalation_rate"].as_f64().unwrap(), "threshold {}", recommended["threshold"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn calibrate_fits_a_confidence_model_per_tier_on_held_out_answers_and_a_system_serves_with_the_approved_one() {
+    let settings = test_settings();
+    let config = config(&settings);
+    // Both kinds of question of the shipped workload, enough right and wrong answers of each
+    // tier for five folds; and a workload of another kind, never fitted on, for the transfer.
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/support-and-facts.jsonl")).unwrap();
+    let pick =
+        |kind: &str| shipped.lines().filter(|l| l.contains(&format!("\"kind\": \"{kind}\""))).take(50).map(|l| format!("{l}\n")).collect::<String>();
+    let workload = settings.data_dir.join("mixed.jsonl");
+    std::fs::write(&workload, pick("intent") + &pick("fact")).unwrap();
+    let arithmetic = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/arithmetic-word-problems.jsonl")).unwrap();
+    let transfer = settings.data_dir.join("arithmetic.jsonl");
+    std::fs::write(&transfer, arithmetic.lines().take(40).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+
+    let report = run(&[
+        "calibrate",
+        "--config",
+        config.to_str().unwrap(),
+        "--system",
+        "support-triage",
+        "--workload",
+        workload.to_str().unwrap(),
+        "--target-accuracy",
+        "0",
+        "--author",
+        "carol",
+        "--format",
+        "json",
+        "--fit-confidence",
+        "--transfer-workload",
+        transfer.to_str().unwrap(),
+    ]);
+    let confidence = &report["report"]["confidence"];
+    let fitted = confidence["tiers"].as_array().unwrap();
+    let refused = confidence["refused"].as_array().unwrap();
+    assert_eq!(fitted.len() + refused.len(), 2, "every tier is fitted or says why not: {confidence}");
+    for tier in refused {
+        assert!(
+            tier["reason"].as_str().unwrap().contains("held-out AUROC") || tier["reason"].as_str().unwrap().contains("labelled answers"),
+            "{tier}"
+        );
+    }
+    let small = fitted.iter().find(|t| t["tier"] == 0).unwrap_or_else(|| panic!("the small tier's signals rank its answers: {confidence}"));
+    let document = &small["document"];
+    assert_eq!(document["id"], "support-triage-small");
+    assert_eq!(document["tier_model"], "smollm2-135m-instruct@1");
+    assert_eq!(document["fit"]["items"], 100);
+    // The figures are the held-out ones, for the method with the lower held-out log loss.
+    assert_eq!(document["fit"]["held_out"], small["held_out"]);
+    let held_out_auroc = small["held_out"]["auroc"].as_f64().unwrap();
+    assert!(held_out_auroc >= 0.6, "{held_out_auroc}");
+    let candidates = small["candidates"].as_array().unwrap();
+    let best =
+        candidates.iter().min_by(|a, b| a["held_out"]["log_loss"].as_f64().unwrap().total_cmp(&b["held_out"]["log_loss"].as_f64().unwrap())).unwrap();
+    assert_eq!(best["method"], small["method"]);
+    assert!(document["fit"]["reliability_svg"].as_str().unwrap().starts_with("<svg"));
+    let sweep = confidence["sweep"].as_array().unwrap();
+    assert_eq!(sweep.first().unwrap()["escalation_rate"], 0.0);
+    assert_eq!(sweep.last().unwrap()["escalation_rate"], 1.0);
+    let transferred = &confidence["transfer"];
+    assert_eq!(transferred["items"], 40, "{transferred}");
+    assert!(transferred["p_correct_ece"].as_f64().is_some(), "{transferred}");
+
+    // Stored as a draft for a second person; once approved, a system card version cites it.
+    let app = spawn_app_with(settings.clone()).await;
+    let stored: Value = app.get("/v1/registry/confidence-models/support-triage-small/versions/1").await.json().await.unwrap();
+    assert_eq!(stored["status"], "draft");
+    assert_eq!(stored["author"], "carol");
+    assert_eq!(stored["document"], *document);
+    assert_eq!(app.lifecycle("bob", "confidence-models", "support-triage-small", 1, "approve").await.status(), 200);
+    let card = include_str!("../../model-cards/support-triage.yaml")
+        .replace("    model: smollm2-135m-instruct@1\n", "    model: smollm2-135m-instruct@1\n    confidence_model: support-triage-small@1\n")
+        .replace("  min_mean_logprob: -1.28\n", "  min_mean_logprob: -1.28\n  min_p_correct_by_tier: [0.5, null]\n");
+    assert_eq!(app.submit("alice", "system-cards", &card).await.status(), 201, "{card}");
+    assert_eq!(app.lifecycle("bob", "system-cards", "support-triage", 2, "approve").await.status(), 200);
+    assert_eq!(app.lifecycle("bob", "system-cards", "support-triage", 2, "activate").await.status(), 200);
+    let predictor: tiergate::confidence::Predictor = serde_json::from_value(document["predictor"].clone()).unwrap();
+    let body: Value = app.chat(user_message("support-triage", "What is the capital of Japan? Answer in a few words.")).await.json().await.unwrap();
+    let entry = app.ledger_entry(body["tiergate"]["ledger_index"].as_u64().unwrap()).await;
+    let first = &entry["attempts"][0];
+    assert_eq!(first["confidence_model"]["id"], "support-triage-small");
+    assert_eq!(first["confidence_model"]["digest"], stored["digest"]);
+    let signals: tiergate::inference::Signals = serde_json::from_value(first["signals"].clone()).unwrap();
+    let p = signals.p_correct.unwrap();
+    assert!((p - predictor.predict(&signals).unwrap()).abs() < 1e-5);
+    assert_eq!(body["tiergate"]["escalated"], p < 0.5, "P(correct) {p} against 0.5: {body}");
+}

@@ -7,6 +7,7 @@ pub const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 mod access;
 mod chat;
 mod clients;
+mod confidence;
 mod console;
 mod evidence;
 mod gemma;
