@@ -41,7 +41,8 @@ pub enum Feature {
     LogCompletionTokens,
     /// 1 when generation stopped at `max_tokens`, else 0.
     FinishedByLength,
-    /// Only produced when the system card sets `escalation.self_check`.
+    /// Only produced when the system card sets `escalation.self_check`; 0.5 when the reply
+    /// was neither yes nor no.
     SelfCheckYes,
 }
 
@@ -87,7 +88,10 @@ impl Feature {
             Feature::MeanEntropy => signals.mean_entropy,
             Feature::LogCompletionTokens => Some((1.0 + signals.completion_tokens as f64).ln()),
             Feature::FinishedByLength => Some(if signals.finish_reason == "length" { 1.0 } else { 0.0 }),
-            Feature::SelfCheckYes => signals.self_check_yes,
+            // A self-check whose reply began with neither yes nor no says nothing either way:
+            // 0.5, rather than leaving the answer without a P(correct) (which fails closed).
+            // Only systems that ask for the self-check may cite a model using it.
+            Feature::SelfCheckYes => Some(signals.self_check_yes.unwrap_or(0.5)),
         };
         // An empty answer's logprobs are reported as -1e9: clamp so that one such answer
         // cannot dominate a linear model's standardisation.

@@ -95,6 +95,14 @@ impl SystemLoader {
                 None => None,
                 Some(reference) => {
                     let stored = self.registry.require(ArtifactKind::ConfidenceModel, reference).await?;
+                    // Activation checks this too; a shipped card seeded at start-up is not
+                    // activated through it, and a draft must never score real answers.
+                    anyhow::ensure!(
+                        stored.status == crate::registry::APPROVED || stored.status == crate::registry::ACTIVE,
+                        "system {}: tier {index}: confidence model {reference} is {}, not approved",
+                        card.id,
+                        stored.status
+                    );
                     let model = LoadedConfidenceModel::from_document(reference.clone(), stored.digest.clone(), &stored.document)?;
                     anyhow::ensure!(
                         model.tier_model == tier.model,

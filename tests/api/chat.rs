@@ -25,10 +25,11 @@ async fn the_shipped_system_answers_with_a_real_model_and_routing_metadata() {
     assert_eq!(meta["policy"], "tiergate-default@1");
     assert_eq!(meta["request_id"], request_id.as_str());
     assert_eq!(meta["ledger_index"].to_string(), ledger_header);
-    // Whatever the model said, the routing must agree with the small tier's threshold (-1.28).
+    // Whatever the model said, the routing must agree with the small tier's P(correct) threshold
+    // (0.17), from the shipped confidence model.
     let first = &meta["attempts"][0];
-    let mean = first["mean_logprob"].as_f64().unwrap();
-    if mean >= -1.28 {
+    let p = first["p_correct"].as_f64().unwrap();
+    if p >= 0.17 {
         assert_eq!(first["decision"], "accept");
         assert_eq!(meta["tier_served"], 0);
         assert_eq!(meta["escalated"], false);

@@ -164,7 +164,10 @@ async fn a_calibrated_threshold_applied_as_policy_data_reproduces_the_reported_e
 
 #[tokio::test(flavor = "multi_thread")]
 async fn calibrate_fits_a_confidence_model_per_tier_on_held_out_answers_and_a_system_serves_with_the_approved_one() {
-    let settings = test_settings();
+    // A running deployment (its registry seeded with the shipped cards and confidence models),
+    // on whose database calibrate stores what it fits.
+    let app = spawn_app_with(test_settings()).await;
+    let settings = app.settings.clone();
     let config = config(&settings);
     // Both kinds of question of the shipped workload, enough right and wrong answers of each
     // tier for five folds; and a workload of another kind, never fitted on, for the transfer.
@@ -226,16 +229,17 @@ async fn calibrate_fits_a_confidence_model_per_tier_on_held_out_answers_and_a_sy
     assert_eq!(transferred["items"], 40, "{transferred}");
     assert!(transferred["p_correct_ece"].as_f64().is_some(), "{transferred}");
 
-    // Stored as a draft for a second person; once approved, a system card version cites it.
-    let app = spawn_app_with(settings.clone()).await;
-    let stored: Value = app.get("/v1/registry/confidence-models/support-triage-small/versions/1").await.json().await.unwrap();
+    // Stored as a draft beside the shipped version, for a second person; once approved, a system
+    // card version cites it.
+    let stored: Value = app.get("/v1/registry/confidence-models/support-triage-small/versions/2").await.json().await.unwrap();
     assert_eq!(stored["status"], "draft");
     assert_eq!(stored["author"], "carol");
     assert_eq!(stored["document"], *document);
-    assert_eq!(app.lifecycle("bob", "confidence-models", "support-triage-small", 1, "approve").await.status(), 200);
+    assert_eq!(app.lifecycle("bob", "confidence-models", "support-triage-small", 2, "approve").await.status(), 200);
     let card = include_str!("../../model-cards/support-triage.yaml")
-        .replace("    model: smollm2-135m-instruct@1\n", "    model: smollm2-135m-instruct@1\n    confidence_model: support-triage-small@1\n")
-        .replace("  min_mean_logprob: -1.28\n", "  min_mean_logprob: -1.28\n  min_p_correct_by_tier: [0.5, null]\n");
+        .replace("confidence_model: support-triage-small@1", "confidence_model: support-triage-small@2")
+        .replace("min_p_correct_by_tier: [0.17, null]", "min_p_correct_by_tier: [0.5, null]");
+    assert!(card.contains("support-triage-small@2") && card.contains("[0.5, null]"), "the shipped card still cites the shipped model");
     assert_eq!(app.submit("alice", "system-cards", &card).await.status(), 201, "{card}");
     assert_eq!(app.lifecycle("bob", "system-cards", "support-triage", 2, "approve").await.status(), 200);
     assert_eq!(app.lifecycle("bob", "system-cards", "support-triage", 2, "activate").await.status(), 200);
@@ -244,6 +248,7 @@ async fn calibrate_fits_a_confidence_model_per_tier_on_held_out_answers_and_a_sy
     let entry = app.ledger_entry(body["tiergate"]["ledger_index"].as_u64().unwrap()).await;
     let first = &entry["attempts"][0];
     assert_eq!(first["confidence_model"]["id"], "support-triage-small");
+    assert_eq!(first["confidence_model"]["version"], 2);
     assert_eq!(first["confidence_model"]["digest"], stored["digest"]);
     let signals: tiergate::inference::Signals = serde_json::from_value(first["signals"].clone()).unwrap();
     let p = signals.p_correct.unwrap();

@@ -13,8 +13,9 @@ async fn a_second_start_on_the_same_data_creates_no_new_versions() {
     let second = spawn_app_with(settings).await;
     let after_second = second.store().await.artifact_version_count().await.unwrap();
 
-    // 1 policy bundle + 2 model cards + 1 shipped system card + 5 fixture system cards.
-    assert_eq!(after_first, 9);
+    // 1 policy bundle + 2 model cards + 2 confidence models + 1 shipped system card + 5 fixture
+    // system cards.
+    assert_eq!(after_first, 11);
     assert_eq!(after_second, after_first);
 }
 

@@ -9,6 +9,8 @@ pub const BACKEND: helpers::Backend = helpers::Backend::Postgres;
 mod access;
 #[path = "../api/chat.rs"]
 mod chat;
+#[path = "../api/confidence.rs"]
+mod confidence;
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[path = "../api/inference.rs"]
