@@ -194,12 +194,21 @@ pub fn single_tier_variant(card: &Value, keep: usize, suffix: &str, accept_all: 
     ));
     variant["tiers"] = json!([tier]);
     if accept_all {
+        // Every answer accepted, but with the same signals: a system that asks for the
+        // self-check keeps asking, so that its P(yes) can be measured and fitted on.
         variant["escalation"] = json!({"min_mean_logprob": -1.0e9});
-    } else if let Some(by_tier) = card.pointer("/escalation/min_mean_logprob_by_tier").and_then(Value::as_array) {
-        match by_tier.get(keep) {
-            Some(threshold) => variant["escalation"]["min_mean_logprob_by_tier"] = json!([threshold]),
-            None => {
-                variant["escalation"].as_object_mut().map(|e| e.remove("min_mean_logprob_by_tier"));
+        if let Some(self_check) = card.pointer("/escalation/self_check") {
+            variant["escalation"]["self_check"] = self_check.clone();
+        }
+    } else {
+        // Per-tier thresholds follow their tier, which is tier 0 of the variant.
+        for key in ["min_mean_logprob_by_tier", "min_p_correct_by_tier"] {
+            let Some(by_tier) = card.pointer(&format!("/escalation/{key}")).and_then(Value::as_array) else { continue };
+            match by_tier.get(keep) {
+                Some(threshold) => variant["escalation"][key] = json!([threshold]),
+                None => {
+                    variant["escalation"].as_object_mut().map(|e| e.remove(key));
+                }
             }
         }
     }
@@ -238,14 +247,18 @@ mod tests {
         let card = json!({
             "kind": "system-card", "id": "s", "purpose": "p", "policy": "tiergate-default@1",
             "tiers": [{"name": "small", "model": "m@1"}, {"name": "large", "model": "m@1"}],
-            "escalation": {"min_mean_logprob": -1.0, "min_mean_logprob_by_tier": [-0.35, -0.8]}
+            "escalation": {"min_mean_logprob": -1.0, "min_mean_logprob_by_tier": [-0.35, -0.8], "min_p_correct_by_tier": [0.2, null]}
         });
         let large = single_tier_variant(&card, 1, "large-first", false).unwrap();
         assert_eq!(large["id"], "s-large-first");
         assert_eq!(large["tiers"], json!([{"name": "large", "model": "m@1"}]));
-        assert_eq!(large["escalation"], json!({"min_mean_logprob": -1.0, "min_mean_logprob_by_tier": [-0.8]}));
+        assert_eq!(large["escalation"], json!({"min_mean_logprob": -1.0, "min_mean_logprob_by_tier": [-0.8], "min_p_correct_by_tier": [null]}));
         let raw = single_tier_variant(&card, 0, "first-tier", true).unwrap();
         assert_eq!(raw["escalation"], json!({"min_mean_logprob": -1.0e9}));
+        let mut checked = card.clone();
+        checked["escalation"]["self_check"] = json!(true);
+        let raw = single_tier_variant(&checked, 0, "first-tier", true).unwrap();
+        assert_eq!(raw["escalation"], json!({"min_mean_logprob": -1.0e9, "self_check": true}), "the self-check is still asked");
         assert!(single_tier_variant(&card, 2, "x", false).is_err());
     }
 }
