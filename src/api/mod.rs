@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod chat;
+pub mod confidence;
 pub mod document;
 pub mod health;
 pub mod keys;
@@ -103,6 +104,7 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(registry::attach_shadow)
         .service(registry::detach_shadow)
         .service(registry::shadow_report_of)
+        .service(confidence::fit_from_ledger)
         .service(keys::create_key)
         .service(keys::list_keys)
         // Before /v1/keys/{key_id}, which would otherwise match "me".

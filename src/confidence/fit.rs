@@ -380,6 +380,18 @@ pub fn kept_at(predictions: &[f64], labels: &[bool], threshold: f64) -> (f64, Op
     (share, (!kept.is_empty()).then(|| kept.iter().filter(|l| **l).count() as f64 / kept.len() as f64))
 }
 
+/// A confidence-model document (`kind: confidence-model`) for a fitted model.
+pub fn document(id: &str, purpose: &str, tier_model: &str, fitted: &Fitted, report: Value) -> Value {
+    json!({
+        "kind": "confidence-model",
+        "id": id,
+        "purpose": purpose,
+        "tier_model": tier_model,
+        "predictor": fitted.predictor,
+        "fit": report,
+    })
+}
+
 /// The fit report stored in the confidence-model document under `fit`.
 pub fn fit_report(fitted: &Fitted, workload: &str, workload_sha256: &str, source: &str) -> Value {
     json!({

@@ -9,6 +9,7 @@
 //! usual four-eyes approval; a system card cites a version per tier.
 
 pub mod fit;
+pub mod labels;
 pub mod monitor;
 
 use serde::{Deserialize, Serialize};

@@ -163,14 +163,13 @@ fn held_out_by_item(observations: &[Observation], fitted: &Fitted) -> Vec<Option
 /// The confidence-model document for one tier, checked against its schema and rules.
 fn document(system: &str, tier_name: &str, model: &str, fitted: &Fitted, workload: &str, workload_sha256: &str) -> anyhow::Result<Value> {
     let slug: String = tier_name.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let document = json!({
-        "kind": "confidence-model",
-        "id": format!("{system}-{slug}"),
-        "purpose": format!("P(correct) of the {tier_name:?} tier's answers ({model}) in system {system}, from its token signals"),
-        "tier_model": model,
-        "predictor": fitted.predictor,
-        "fit": fit::fit_report(fitted, workload, workload_sha256, "tiergate calibrate --fit-confidence"),
-    });
+    let document = fit::document(
+        &format!("{system}-{slug}"),
+        &format!("P(correct) of the {tier_name:?} tier's answers ({model}) in system {system}, from its token signals"),
+        model,
+        fitted,
+        fit::fit_report(fitted, workload, workload_sha256, "tiergate calibrate --fit-confidence"),
+    );
     // The same checks a submission gets: what calibrate stores could be submitted as is.
     match parse_card(&serde_json::to_string(&document)?) {
         Ok(card) if card.kind == CardKind::ConfidenceModel => Ok(document),

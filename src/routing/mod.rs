@@ -209,13 +209,7 @@ impl Router {
     /// `calibration_recovered`) naming the confidence model version.
     pub fn observe_label(&self, entry: &Value, correct: bool) {
         let Some(system) = entry.pointer("/system/id").and_then(Value::as_str) else { return };
-        // The labelled answer is the served one, or the held one (the last attempt).
-        let attempts = entry.get("attempts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
-        let attempt = match entry.get("served_tier").and_then(Value::as_u64) {
-            Some(tier) => attempts.iter().rev().find(|a| a.get("tier").and_then(Value::as_u64) == Some(tier)),
-            None => attempts.last(),
-        };
-        let Some(attempt) = attempt else { return };
+        let Some(attempt) = crate::confidence::labels::judged_attempt(entry) else { return };
         let (Some(p), Some(model), Some(tier)) = (
             attempt.pointer("/signals/p_correct").and_then(Value::as_f64),
             attempt.get("confidence_model").filter(|m| !m.is_null()),

@@ -217,3 +217,77 @@ async fn confidence_models_and_citations_that_cannot_work_are_refused_naming_the
     let card = system_card("cites", "  min_p_correct: 0.5\n  self_check: true\n").replace("smollm2-logprob@1", "with-self-check@1");
     assert_eq!(app.submit("alice", "system-cards", &card).await.status(), 201);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tier_refits_its_confidence_model_on_the_answers_people_judged_in_the_ledger() {
+    let app = spawn_app_with(test_settings()).await;
+    let fit = |body: Value| {
+        let app = &app;
+        async move { app.post_as("alice", "/v1/confidence-models/fit", "application/json", body.to_string()).await }
+    };
+
+    // Nothing judged yet: refused, naming the count and the minimum, and nothing stored.
+    let refused = fit(json!({"system": "always-small", "tier": 0})).await;
+    assert_eq!(refused.status(), 422);
+    let message = refused.text().await.unwrap();
+    assert!(message.contains("0 labelled answers (0 right, 0 wrong): a fit needs at least 50, with at least 10 of each"), "{message}");
+    assert_eq!(app.get("/v1/registry/confidence-models/always-small-small/versions").await.status(), 404);
+    assert_eq!(fit(json!({"system": "always-small", "tier": 5})).await.status(), 422, "no such tier");
+    assert_eq!(fit(json!({"system": "nowhere", "tier": 0})).await.status(), 404);
+    assert_eq!(fit(json!({"system": "always-small", "tier": 0, "since": "yesterday"})).await.status(), 422);
+
+    // Real answers to labelled questions, judged by the application as its users would.
+    let shipped = include_str!("../workloads/support-and-facts.jsonl");
+    let items: Vec<Value> = ["intent", "fact"]
+        .iter()
+        .flat_map(|kind| shipped.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(move |i| i["kind"] == *kind).take(40))
+        .collect();
+    let mut labels = Vec::new();
+    for item in &items {
+        let body = json_of(app.chat(user_message("always-small", item["prompt"].as_str().unwrap())).await).await;
+        let answer = body["choices"][0]["message"]["content"].as_str().unwrap().to_lowercase();
+        let correct = match (&item["expected"], &item["expected_any"]) {
+            (Value::String(label), _) => answer.split(|c: char| !c.is_alphanumeric() && c != '-' && c != '_').any(|w| w == label.to_lowercase()),
+            (_, Value::Array(options)) => options.iter().any(|o| answer.contains(&o.as_str().unwrap().to_lowercase())),
+            _ => unreachable!("the shipped workload is labelled"),
+        };
+        let index = body["tiergate"]["ledger_index"].as_u64().unwrap();
+        labels.push((index, correct));
+    }
+    // One answer is judged twice; the later label is the one that counts.
+    let twice = labels[0].0;
+    labels[0].1 = !labels[0].1;
+    for (index, correct) in labels.iter().map(|(i, c)| (*i, *c)).chain([(twice, !labels[0].1), (twice, labels[0].1)]).skip(1) {
+        let response = app
+            .client
+            .post(format!("{}/v1/feedback", app.address))
+            .bearer_auth(&app.app_token)
+            .json(&json!({"ledger_index": index, "correct": correct}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+
+    let fitted = fit(json!({"system": "always-small", "tier": 0})).await;
+    assert_eq!(fitted.status(), 201);
+    let fitted: Value = fitted.json().await.unwrap();
+    assert_eq!(fitted["labelled"], 80);
+    let version = &fitted["version"];
+    assert_eq!(version["id"], "always-small-small");
+    assert_eq!((version["status"].as_str(), version["author"].as_str()), (Some("draft"), Some("alice")));
+    let document = &version["document"];
+    assert_eq!(document["tier_model"], "smollm2-135m-instruct@1");
+    assert_eq!(document["fit"]["items"], 80);
+    assert_eq!(document["fit"]["right"], labels.iter().filter(|(_, c)| *c).count());
+    assert_eq!(document["fit"]["held_out"], fitted["held_out"]);
+    // The training data is named by a digest an auditor recomputes from the ledger.
+    labels.sort();
+    let digest = tiergate::canonical::sha256_digest(&tiergate::canonical::to_canonical_bytes(&json!(labels)));
+    assert_eq!(document["fit"]["workload_sha256"], digest);
+    let governance = app.ledger_entry(fitted["ledger_index"].as_u64().unwrap()).await;
+    assert_eq!(governance["event"], "submitted");
+    assert_eq!(governance["artifact"]["kind"], "confidence_model");
+    assert_eq!(app.lifecycle("alice", "confidence-models", "always-small-small", 1, "approve").await.status(), 403);
+    assert_eq!(app.lifecycle("bob", "confidence-models", "always-small-small", 1, "approve").await.status(), 200);
+}
