@@ -236,8 +236,9 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
         b.swap(col, pivot);
         for row in col + 1..n {
             let factor = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= factor * a[col][k];
+            let (above, below) = a.split_at_mut(row);
+            for (target, source) in below[0][col..].iter_mut().zip(&above[col][col..]) {
+                *target -= factor * source;
             }
             b[row] -= factor * b[col];
         }
@@ -552,7 +553,7 @@ mod tests {
             let mut z = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            (z ^ (z >> 31)) % 2 == 0
+            (z ^ (z >> 31)).is_multiple_of(2)
         };
         let noise: Vec<Sample> = workload(200).into_iter().enumerate().map(|(i, s)| Sample { correct: coin(i as u64), ..s }).collect();
         let refused = fit(&noise, &DEFAULT_FEATURES);

@@ -20,8 +20,11 @@ pub fn cited_digests(entry: &Value) -> BTreeSet<String> {
     }
     if let Some(attempts) = entry.get("attempts").and_then(Value::as_array) {
         for attempt in attempts {
-            if let Some(d) = attempt.pointer("/model/digest").and_then(Value::as_str) {
-                digests.insert(d.to_owned());
+            // The model card, and the confidence model whose P(correct) the policy decided on.
+            for pointer in ["/model/digest", "/confidence_model/digest"] {
+                if let Some(d) = attempt.pointer(pointer).and_then(Value::as_str) {
+                    digests.insert(d.to_owned());
+                }
             }
         }
     }
@@ -78,4 +81,23 @@ pub fn verify_bundle(bundle: &Value, verifier_key: &str, earlier: Option<&str>) 
         }
     }
     Ok(verified)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inference_entry_cites_its_system_policy_models_and_confidence_models() {
+        let entry = json!({
+            "system": {"digest": "sha256:s"},
+            "policy": {"digest": "sha256:p"},
+            "attempts": [
+                {"model": {"digest": "sha256:m0"}, "confidence_model": {"digest": "sha256:c0"}},
+                {"model": {"digest": "sha256:m1"}, "confidence_model": null},
+            ],
+        });
+        let cited: Vec<String> = cited_digests(&entry).into_iter().collect();
+        assert_eq!(cited, ["sha256:c0", "sha256:m0", "sha256:m1", "sha256:p", "sha256:s"]);
+    }
 }
