@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::{AppState, parse_json_body, registry::VersionDetail};
 use crate::{
     confidence::{
-        Feature,
+        Feature, default_id,
         fit::{self, DEFAULT_FEATURES},
         labels::labelled_answers,
     },
@@ -81,8 +81,7 @@ pub async fn fit_from_ledger(state: web::Data<AppState>, actor: Actor, body: web
     let fitted = fit::fit(&labels.samples, &features).map_err(|error| {
         ApiError::InvalidRequest(format!("tier {} of {} ({}): no confidence model: {error}", tier.index, system.reference, tier.model))
     })?;
-    let slug: String = tier.name.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
-    let id = request.id.clone().unwrap_or_else(|| format!("{}-{slug}", system.reference.id));
+    let id = request.id.clone().unwrap_or_else(|| default_id(&system.reference.id, &tier.name));
     let range = match (labels.first_label_index, labels.last_label_index) {
         (Some(first), Some(last)) => format!("ledger entries {first}..={last}"),
         _ => "the ledger".to_owned(),

@@ -288,7 +288,7 @@ pub fn scores(predictions: &[f64], labels: &[bool]) -> Scores {
         .sum::<f64>()
         / n;
     let reliability = reliability(predictions, labels);
-    let ece = reliability.iter().filter_map(|b| Some(b.count as f64 / n * (b.observed_accuracy? - b.mean_predicted?).abs())).sum::<f64>();
+    let ece = ece(&reliability);
     Scores {
         auroc: auroc(predictions, labels).unwrap_or(0.5),
         ece,
@@ -299,7 +299,15 @@ pub fn scores(predictions: &[f64], labels: &[bool]) -> Scores {
     }
 }
 
-fn reliability(predictions: &[f64], labels: &[bool]) -> Vec<ReliabilityBin> {
+/// Expected calibration error: per bin, |observed accuracy − mean predicted P|, weighted by the
+/// bin's share of the answers.
+pub(crate) fn ece(bins: &[ReliabilityBin]) -> f64 {
+    let n = bins.iter().map(|b| b.count).sum::<usize>().max(1) as f64;
+    bins.iter().filter_map(|b| Some(b.count as f64 / n * (b.observed_accuracy? - b.mean_predicted?).abs())).sum()
+}
+
+/// The reliability table: per tenth of predicted P, the answers, their mean P and accuracy.
+pub(crate) fn reliability(predictions: &[f64], labels: &[bool]) -> Vec<ReliabilityBin> {
     (0..BINS)
         .map(|bin| {
             let (from, to) = (bin as f64 / BINS as f64, (bin + 1) as f64 / BINS as f64);
@@ -316,7 +324,7 @@ fn reliability(predictions: &[f64], labels: &[bool]) -> Vec<ReliabilityBin> {
         .collect()
 }
 
-pub(crate) fn bin_of(p: f64) -> usize {
+fn bin_of(p: f64) -> usize {
     ((p * BINS as f64).floor() as usize).min(BINS - 1)
 }
 

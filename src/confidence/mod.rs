@@ -48,18 +48,6 @@ pub enum Feature {
 }
 
 impl Feature {
-    pub const ALL: [Feature; 9] = [
-        Feature::MeanLogprob,
-        Feature::MinLogprob,
-        Feature::LowProbShare,
-        Feature::MeanMargin,
-        Feature::MinMargin,
-        Feature::MeanEntropy,
-        Feature::LogCompletionTokens,
-        Feature::FinishedByLength,
-        Feature::SelfCheckYes,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Feature::MeanLogprob => "mean_logprob",
@@ -72,10 +60,6 @@ impl Feature {
             Feature::FinishedByLength => "finished_by_length",
             Feature::SelfCheckYes => "self_check_yes",
         }
-    }
-
-    pub fn parse(name: &str) -> Option<Feature> {
-        Feature::ALL.into_iter().find(|f| f.as_str() == name)
     }
 
     /// The feature's value for one attempt; `None` when the tier did not produce it.
@@ -186,7 +170,19 @@ pub struct LoadedConfidenceModel {
     pub predictor: Predictor,
 }
 
+/// The id `tiergate calibrate` and a ledger refit give a tier's model unless told otherwise:
+/// `<system>-<tier name>`, the name made a slug.
+pub fn default_id(system: &str, tier_name: &str) -> String {
+    let slug: String = tier_name.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    format!("{system}-{slug}")
+}
+
 impl LoadedConfidenceModel {
+    /// How an attempt cites the model (accept gate input, ledger entry).
+    pub fn citation(&self) -> Value {
+        serde_json::json!({"id": self.reference.id, "version": self.reference.version, "digest": self.digest})
+    }
+
     pub fn from_document(reference: ArtifactRef, digest: String, document: &Value) -> anyhow::Result<LoadedConfidenceModel> {
         let parsed: ConfidenceModelDocument =
             serde_json::from_value(document.clone()).map_err(|e| anyhow::anyhow!("confidence model {reference}: {e}"))?;

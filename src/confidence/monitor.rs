@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use super::fit::{BINS, ReliabilityBin, bin_of};
+use super::fit::{ReliabilityBin, ece, reliability};
 
 #[derive(Debug, Clone, Copy)]
 pub struct CalibrationSettings {
@@ -85,7 +85,7 @@ impl CalibrationMonitor {
         }
         let bins = bins(&window.labelled);
         let n = window.labelled.len();
-        let ece = (n >= settings.min_labelled).then(|| ece(&bins, n));
+        let ece = (n >= settings.min_labelled).then(|| ece(&bins));
         let crossed = match ece {
             Some(ece) if !window.alerting && ece > settings.ece_threshold => Some("alert"),
             Some(ece) if window.alerting && ece < settings.ece_threshold / 2.0 => Some("recovered"),
@@ -114,7 +114,7 @@ impl CalibrationMonitor {
             .map(|((system, tier), w)| {
                 let bins = bins(&w.labelled);
                 let n = w.labelled.len();
-                let ece = (n >= self.settings.min_labelled).then(|| ece(&bins, n));
+                let ece = (n >= self.settings.min_labelled).then(|| ece(&bins));
                 (format!("{system}/{tier}"), CalibrationState { confidence_model: w.model.clone(), labelled: n, ece, bins, alerting: w.alerting })
             })
             .collect()
@@ -122,25 +122,8 @@ impl CalibrationMonitor {
 }
 
 fn bins(labelled: &VecDeque<(f64, bool)>) -> Vec<ReliabilityBin> {
-    let mut sums = vec![(0usize, 0.0, 0usize); BINS];
-    for (p, correct) in labelled {
-        let bin = &mut sums[bin_of(*p)];
-        *bin = (bin.0 + 1, bin.1 + p, bin.2 + usize::from(*correct));
-    }
-    sums.into_iter()
-        .enumerate()
-        .map(|(bin, (count, p, right))| ReliabilityBin {
-            from: bin as f64 / BINS as f64,
-            to: (bin + 1) as f64 / BINS as f64,
-            count,
-            mean_predicted: (count > 0).then(|| p / count as f64),
-            observed_accuracy: (count > 0).then(|| right as f64 / count as f64),
-        })
-        .collect()
-}
-
-fn ece(bins: &[ReliabilityBin], n: usize) -> f64 {
-    bins.iter().filter_map(|b| Some(b.count as f64 / n as f64 * (b.observed_accuracy? - b.mean_predicted?).abs())).sum()
+    let (predictions, labels): (Vec<f64>, Vec<bool>) = labelled.iter().copied().unzip();
+    reliability(&predictions, &labels)
 }
 
 #[cfg(test)]

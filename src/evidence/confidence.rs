@@ -162,9 +162,8 @@ fn held_out_by_item(observations: &[Observation], fitted: &Fitted) -> Vec<Option
 
 /// The confidence-model document for one tier, checked against its schema and rules.
 fn document(system: &str, tier_name: &str, model: &str, fitted: &Fitted, workload: &str, workload_sha256: &str) -> anyhow::Result<Value> {
-    let slug: String = tier_name.to_lowercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
     let document = fit::document(
-        &format!("{system}-{slug}"),
+        &crate::confidence::default_id(system, tier_name),
         &format!("P(correct) of the {tier_name:?} tier's answers ({model}) in system {system}, from its token signals"),
         model,
         fitted,

@@ -58,7 +58,7 @@ impl EntryBuilder {
             },
             "decoding": attempt.decoding,
             "signals": attempt.signals,
-            "confidence_model": tier.confidence.as_ref().map(|m| json!({"id": m.reference.id, "version": m.reference.version, "digest": m.digest})),
+            "confidence_model": tier.confidence.as_ref().map(|m| m.citation()),
             "tokens": {"prompt": prompt_tokens, "completion": completion_tokens},
             "latency_ms": (attempt.latency_ms * 1000.0).round() / 1000.0,
             "cost": tier.cost(prompt_tokens, completion_tokens),

@@ -615,7 +615,7 @@ impl Router {
             "error_code": attempt.error_code,
             "latency_ms": attempt.latency_ms,
             "signals": attempt.signals,
-            "confidence_model": tier.confidence.as_ref().map(|m| json!({"id": m.reference.id, "version": m.reference.version, "digest": m.digest})),
+            "confidence_model": tier.confidence.as_ref().map(|m| m.citation()),
             "cost": tier.cost(prompt_tokens, completion_tokens),
             // What the next tier would cost for as many tokens as this attempt used, from its
             // model card's prices: the price of escalating, for a policy weighing it against
