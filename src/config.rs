@@ -69,6 +69,9 @@ pub struct Settings {
     /// How often each replica re-reads the active systems and shadows from the database, so
     /// that a change made through another replica takes effect here (0 = never).
     pub registry_sync_interval_ms: u64,
+    /// How often each replica judges running experiments' guardrails on the ledger (a breach
+    /// stops the experiment; 0 = never).
+    pub experiment_guardrail_interval_ms: u64,
     /// This replica's name in the database (checkpoint lease, `published_by`); default: the
     /// process id and a random suffix, new on every start.
     pub replica_id: Option<String>,
@@ -117,6 +120,7 @@ impl Default for Settings {
             breaker_open_s: 30,
             remote_timeout_ms: 30_000,
             registry_sync_interval_ms: 2_000,
+            experiment_guardrail_interval_ms: 5_000,
             replica_id: None,
             drift_window: 200,
             drift_psi_threshold: 0.2,

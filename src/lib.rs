@@ -8,6 +8,7 @@ pub mod config;
 pub mod console;
 pub mod error;
 pub mod evidence;
+pub mod experiment;
 pub mod inference;
 pub mod ledger;
 pub mod metrics;

@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+    /// Live A/B experiments and canaries.
+    Experiments {
+        #[command(subcommand)]
+        command: ExperimentsCommand,
+    },
     /// Run a C2SP tlog-witness that cosigns the checkpoints of the ledgers it trusts.
     Witness {
         #[command(subcommand)]
@@ -165,6 +170,17 @@ enum LedgerCommand {
 }
 
 #[derive(Subcommand)]
+enum ExperimentsCommand {
+    /// Print an experiment's report (JSON), computed from the deployment's ledger as
+    /// `GET /v1/experiments/{id}/report` computes it.
+    Report {
+        id: String,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+#[derive(Subcommand)]
 enum WitnessCommand {
     /// Serve `POST /add-checkpoint` (c2sp.org/tlog-witness): cosign a checkpoint of a trusted
     /// log only when a consistency proof shows it extends the last one cosigned for that log.
@@ -224,6 +240,7 @@ async fn main() -> ExitCode {
         Command::Ledger { command: LedgerCommand::PublicKey { data_dir } } => print_public_key(&data_dir),
         Command::Ledger { command: LedgerCommand::RotateKey { data_dir } } => rotate_key(&data_dir),
         Command::Ledger { command: LedgerCommand::Recover { settings, actor, reason } } => recover_ledger(&settings, &actor, &reason).await,
+        Command::Experiments { command: ExperimentsCommand::Report { id, settings } } => experiment_report(&settings, &id).await,
         Command::Witness { command: WitnessCommand::Serve { identity, listen, log_keys } } => serve_witness(&identity, &listen, &log_keys).await,
         Command::Witness { command: WitnessCommand::Key { identity } } => print_witness_key(&identity),
         Command::Compare { run, concurrency } => compare(&run, concurrency).await,
@@ -551,6 +568,13 @@ fn existing_key_file(data_dir: &std::path::Path) -> anyhow::Result<PathBuf> {
 fn print_public_key(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let signer = CheckpointSigner::load_or_create(&existing_key_file(data_dir)?, "unused")?;
     println!("{}", signer.verifier_keys());
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn experiment_report(args: &SettingsArgs, id: &str) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(args)?;
+    let report = tiergate::startup::experiment_report(&settings, id).await?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(ExitCode::SUCCESS)
 }
 

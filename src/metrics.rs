@@ -38,6 +38,8 @@ pub struct Metrics {
     pub confidence_ece: GaugeVec,
     /// Per bin of predicted P(correct): the mean prediction and the observed accuracy.
     pub confidence_bin: GaugeVec,
+    /// Requests of running experiments by arm (`control`, `treatment`, `excluded`) and outcome.
+    pub experiment_requests: IntCounterVec,
     pub witness_requests: IntCounterVec,
     /// Tree size of the newest checkpoint each witness cosigned.
     pub witness_cosigned_size: IntGaugeVec,
@@ -134,6 +136,11 @@ impl Metrics {
             drift_psi,
             confidence_ece,
             confidence_bin,
+            experiment_requests: counter(
+                "experiment_requests_total",
+                "Requests of running experiments by experiment, arm (control, treatment, excluded) and outcome",
+                &["experiment", "arm", "outcome"],
+            )?,
             witness_requests: counter(
                 "witness_requests_total",
                 "add-checkpoint requests to witnesses, by outcome (cosigned, ahead, refused, malformed, unreachable)",
@@ -149,7 +156,7 @@ impl Metrics {
     /// The full name of every metric this gateway exports (`tiergate_…`; histograms without
     /// their `_bucket`, `_sum` and `_count` series), whether or not it has a sample yet.
     pub fn names(&self) -> Vec<String> {
-        let collectors: [&dyn Collector; 23] = [
+        let collectors: [&dyn Collector; 24] = [
             &self.requests,
             &self.escalated,
             &self.contained,
@@ -169,6 +176,7 @@ impl Metrics {
             &self.drift_psi,
             &self.confidence_ece,
             &self.confidence_bin,
+            &self.experiment_requests,
             &self.witness_requests,
             &self.witness_cosigned_size,
             &self.ledger_uncosigned_seconds,

@@ -117,9 +117,15 @@ impl Application {
             let compiled = loader.policy(&policy).await.with_context(|| format!("shadow policy {policy} of {}", shadow.system_id))?;
             router.set_shadow(&shadow.system_id, Some(compiled));
         }
+        // A restarted replica resumes running experiments with their stored keys and shares.
+        sync_experiments(&router, &store, &loader).await?;
         if settings.registry_sync_interval_ms > 0 {
             let every = Duration::from_millis(settings.registry_sync_interval_ms);
             tokio::spawn(sync_with_registry(Arc::downgrade(&router), registry.clone(), store.clone(), loader.clone(), every));
+        }
+        if settings.experiment_guardrail_interval_ms > 0 {
+            let every = Duration::from_millis(settings.experiment_guardrail_interval_ms);
+            tokio::spawn(crate::experiment::guard::watch(Arc::downgrade(&router), registry.clone(), store.clone(), every));
         }
         let access = Arc::new(Access::new(store.clone(), settings.rate_limit_per_minute));
         let bootstrap_key = bootstrap_admin(&access, settings.bootstrap_admin_key.as_deref()).await?;
@@ -235,6 +241,35 @@ async fn sync_once(router: &Router, registry: &Registry, store: &Store, loader: 
             router.set_shadow(&system, bundle);
         }
     }
+    sync_experiments(router, store, loader).await
+}
+
+/// Serves exactly the experiments the database says are running, at their current shares.
+async fn sync_experiments(router: &Router, store: &Store, loader: &SystemLoader) -> anyhow::Result<()> {
+    let running: Vec<_> = store.experiment_runs().await?.into_iter().filter(|run| run.state == crate::store::EXPERIMENT_RUNNING).collect();
+    for (system, current) in router.experiments() {
+        let still = running
+            .iter()
+            .any(|run| run.system_id == system && run.experiment_id == current.reference.id && run.experiment_version == current.reference.version);
+        if !still {
+            tracing::info!(system, experiment = %current.reference, "experiment ended: all traffic to the active version");
+            router.set_experiment(&system, None);
+        }
+    }
+    for run in running {
+        let current = router.experiment(&run.system_id);
+        let same = current.is_some_and(|c| {
+            c.reference.id == run.experiment_id && c.reference.version == run.experiment_version && i64::from(c.treatment_ppm) == run.treatment_ppm
+        });
+        if !same {
+            match loader.load_experiment(&run).await {
+                Ok(experiment) => router.set_experiment(&run.system_id, Some(Arc::new(experiment))),
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), experiment = %run.experiment_id, "a running experiment cannot be served; its system serves control")
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -249,6 +284,21 @@ pub async fn recover_ledger(settings: &Settings, actor: &str, reason: &str) -> a
     let signer = CheckpointSigner::load_or_create(&key_file, &settings.ledger_origin)?;
     let ledger = Ledger::new(store, signer).with_anchor_file(settings.data_dir.join(ANCHOR_FILE));
     ledger.recover(actor, reason).await
+}
+
+/// `tiergate experiments report`: an experiment's latest run's report, computed from the
+/// deployment's ledger exactly as `GET /v1/experiments/{id}/report` computes it.
+pub async fn experiment_report(settings: &Settings, id: &str) -> anyhow::Result<crate::experiment::report::ExperimentReport> {
+    let key_file = settings.data_dir.join(LEDGER_KEY_FILE);
+    anyhow::ensure!(key_file.is_file(), "no ledger signing key at {}: is this the gateway's data directory?", key_file.display());
+    let store = Store::connect(&settings.effective_database_url()).await?;
+    store.migrate().await?;
+    let run = store.latest_experiment_run(id).await?.with_context(|| format!("experiment {id:?} has never been started"))?;
+    let reference = ArtifactRef { id: run.experiment_id.clone(), version: run.experiment_version };
+    let stored = Registry::new(store.clone()).require(ArtifactKind::Experiment, &reference).await?;
+    let document = crate::experiment::check_document(&stored.document).map_err(|e| anyhow::anyhow!("stored experiment {reference}: {e}"))?;
+    let ledger = Ledger::new(store, CheckpointSigner::load_or_create(&key_file, &settings.ledger_origin)?);
+    crate::experiment::report::compute(&ledger, &run, &stored.digest, &document).await
 }
 
 /// Signs and publishes a checkpoint on a schedule (the first at start-up), for as long as the

@@ -23,6 +23,15 @@ calibrated_thresholds := data.systems[input.system.id].thresholds if {
 
 last_tier := input.system.tier_count - 1
 
+# During a live experiment (input.experiment), high-stakes requests stay on the control
+# version, whichever arm they were assigned, unless the system sets
+# `experiment_high_stakes_on_control: false`. The gateway keeps such requests out of the
+# experiment's comparison.
+high_stakes_stay_on_control if {
+	is_object(input.experiment)
+	object.get(thresholds, "experiment_high_stakes_on_control", true) != false
+}
+
 stakes := object.get(input.request, "stakes", "normal")
 
 use_case := object.get(input.request, "use_case", "general")
@@ -32,6 +41,14 @@ route := {
 	"reasons": [sprintf("use case '%s' is blocked by policy", [use_case])],
 } if {
 	use_case in data.defaults.blocked_use_cases
+} else := {
+	"action": "serve",
+	"tier": last_tier,
+	"experiment": "control",
+	"reasons": [sprintf("declared stakes '%s': start on the largest tier of the experiment's control version", [stakes])],
+} if {
+	stakes in data.defaults.high_stakes
+	high_stakes_stay_on_control
 } else := {
 	"action": "serve",
 	"tier": last_tier,

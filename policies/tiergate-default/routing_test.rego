@@ -126,3 +126,39 @@ test_escalation_when_a_wrong_answer_is_expected_to_cost_more_than_the_next_tier 
 	kept := data.tiergate.accept with input as {"request": routine, "system": system, "thresholds": t, "attempt": sure}
 	kept.action == "accept"
 }
+
+test_high_stakes_requests_stay_on_an_experiments_control if {
+	decision := data.tiergate.route with input as {
+		"request": {"stakes": "high", "use_case": "general"},
+		"system": {"id": "s", "tier_count": 2},
+		"experiment": {"id": "e", "version": 1, "arm": "treatment"},
+	}
+	decision.experiment == "control"
+	decision.tier == 1
+}
+
+test_routine_requests_take_part_in_an_experiment if {
+	decision := data.tiergate.route with input as {
+		"request": {"stakes": "normal", "use_case": "general"},
+		"system": {"id": "s", "tier_count": 2},
+		"experiment": {"id": "e", "version": 1, "arm": "treatment"},
+	}
+	not decision.experiment
+	decision.tier == 0
+}
+
+test_a_system_may_let_high_stakes_requests_into_the_experiment if {
+	decision := data.tiergate.route with input as {
+		"request": {"stakes": "high", "use_case": "general"},
+		"system": {"id": "s", "tier_count": 2},
+		"thresholds": {"experiment_high_stakes_on_control": false},
+		"experiment": {"id": "e", "version": 1, "arm": "treatment"},
+	}
+	not decision.experiment
+}
+
+test_without_an_experiment_high_stakes_routing_is_unchanged if {
+	decision := data.tiergate.route with input as {"request": {"stakes": "high", "use_case": "general"}, "system": {"id": "s", "tier_count": 2}}
+	not decision.experiment
+	decision.tier == 1
+}

@@ -4,6 +4,7 @@ pub mod access;
 pub mod chat;
 pub mod confidence;
 pub mod document;
+pub mod experiments;
 pub mod health;
 pub mod keys;
 pub mod ledger;
@@ -56,6 +57,7 @@ pub struct AppState {
         (name = "registry", description = "Versioned model cards, system cards, policy bundles and confidence models: submit, approve (four-eyes), activate, retire, roll back, export"),
         (name = "reviews", description = "Human review of held answers, and feedback on answers"),
         (name = "keys", description = "API keys: issue, list, revoke; a key's own roles, limits and usage"),
+        (name = "experiments", description = "Live A/B experiments and canaries of system versions: start, widen, stop, promote, and the report computed from the ledger"),
         (name = "policies", description = "Policy bundles: tests with coverage, dry-run, replay against the ledger, shadow mode"),
         (name = "operations", description = "Health, readiness and the API description"),
     ),
@@ -105,6 +107,12 @@ pub fn routes(config: &mut ServiceConfig) {
         .service(registry::detach_shadow)
         .service(registry::shadow_report_of)
         .service(confidence::fit_from_ledger)
+        .service(experiments::list_experiments)
+        .service(experiments::start_experiment)
+        .service(experiments::widen_experiment)
+        .service(experiments::stop_experiment)
+        .service(experiments::promote_experiment)
+        .service(experiments::experiment_report)
         .service(keys::create_key)
         .service(keys::list_keys)
         // Before /v1/keys/{key_id}, which would otherwise match "me".

@@ -28,6 +28,9 @@ pub enum CardCollection {
     /// A tier's signals → P(correct): fitted by `tiergate calibrate --fit-confidence` (stored
     /// as a draft) or submitted here; cited by version from system cards once approved.
     ConfidenceModels,
+    /// Live A/B tests and canaries: submitted and approved here, started and ended through
+    /// `/v1/experiments`.
+    Experiments,
 }
 
 impl CardCollection {
@@ -38,6 +41,7 @@ impl CardCollection {
             CardCollection::Policies => ArtifactKind::PolicyBundle,
             CardCollection::CalibrationReports => ArtifactKind::CalibrationReport,
             CardCollection::ConfidenceModels => ArtifactKind::ConfidenceModel,
+            CardCollection::Experiments => ArtifactKind::Experiment,
         }
     }
 
@@ -48,6 +52,7 @@ impl CardCollection {
             CardCollection::Policies => "policies",
             CardCollection::CalibrationReports => "calibration-reports",
             CardCollection::ConfidenceModels => "confidence-models",
+            CardCollection::Experiments => "experiments",
         }
     }
 }
@@ -130,7 +135,7 @@ pub struct SubmissionBody {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["author"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports, confidence-models or experiments"),
     ),
     request_body(content = String, content_type = "application/yaml", description = "A card (YAML or JSON) or a policy bundle (JSON)"),
     responses(
@@ -155,10 +160,11 @@ pub async fn submit_card(
     }
     let ledger = state.router.ledger();
     let (submission, tests) = match collection {
-        CardCollection::ModelCards | CardCollection::SystemCards | CardCollection::ConfidenceModels => {
+        CardCollection::ModelCards | CardCollection::SystemCards | CardCollection::ConfidenceModels | CardCollection::Experiments => {
             let kind = match collection {
                 CardCollection::ModelCards => CardKind::Model,
                 CardCollection::SystemCards => CardKind::System,
+                CardCollection::Experiments => CardKind::Experiment,
                 _ => CardKind::ConfidenceModel,
             };
             (state.registry.submit_card(ledger, kind, text, &actor, &super::now()).await?, None)
@@ -200,7 +206,7 @@ pub struct ArtifactList {
 /// List the cards of a collection with their latest and active versions.
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
-    params(("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models")),
+    params(("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports, confidence-models or experiments")),
     responses((status = 200, body = ArtifactList))
 )]
 #[get("/v1/registry/{collection}")]
@@ -246,7 +252,7 @@ pub struct VersionList {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports, confidence-models or experiments"),
         ("id" = String, Path, description = "Card id"),
     ),
     responses((status = 200, body = VersionList), (status = 404, body = ErrorBody))
@@ -274,7 +280,7 @@ pub(crate) async fn find(state: &AppState, collection: CardCollection, id: &str,
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports, confidence-models or experiments"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number, from 1"),
     ),
@@ -313,7 +319,7 @@ pub struct DiffBody {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["auditor", "author", "approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports, confidence-models or experiments"),
         ("id" = String, Path, description = "Card id"),
         DiffQuery,
     ),
@@ -341,7 +347,7 @@ pub async fn diff_versions(
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports, confidence-models or experiments"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
     ),
@@ -371,7 +377,7 @@ pub async fn approve_version(
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports, confidence-models or experiments"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
     ),
@@ -409,7 +415,7 @@ pub struct RollbackRequest {
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports, confidence-models or experiments"),
         ("id" = String, Path, description = "Card id"),
     ),
     request_body(content = Option<RollbackRequest>, description = "Optional; empty body = previous active version"),
@@ -454,6 +460,12 @@ async fn make_active(
                 .into(),
         ));
     }
+    if kind == ArtifactKind::Experiment {
+        return Err(ApiError::Conflict(format!(
+            "experiments are started, not activated: POST /v1/experiments/{}/versions/{}/start",
+            reference.id, reference.version
+        )));
+    }
     state.registry.check_activation(kind, reference, actor).await?;
     let route = match kind {
         ArtifactKind::SystemCard => {
@@ -484,7 +496,7 @@ async fn make_active(
 #[utoipa::path(
     tag = "registry", security(("api_key" = ["approver"])),
     params(
-        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports or confidence-models"),
+        ("collection" = CardCollection, Path, description = "model-cards, system-cards, policies, calibration-reports, confidence-models or experiments"),
         ("id" = String, Path, description = "Card id"),
         ("version" = i64, Path, description = "Version number"),
     ),

@@ -31,11 +31,16 @@ pub struct LedgerLabels {
     pub last_label_index: Option<u64>,
 }
 
-/// Every answer of `system`'s tier `tier`, run by `model`, that has a feedback entry or a
-/// review verdict (at or after `since`, RFC 3339, when given). The latest label of an answer
-/// wins. Answers whose attempt recorded no signals are skipped.
-pub async fn labelled_answers(ledger: &Ledger, system: &str, tier: usize, model: &ArtifactRef, since: Option<&str>) -> anyhow::Result<LedgerLabels> {
-    // Answer's index → (index of its latest label, correct).
+/// The latest label of every judged answer of `system`: answer's ledger index → (index of the
+/// label, correct), from feedback entries and review verdicts (at or after `since`, RFC 3339,
+/// when given), with the index range of the labels read.
+pub struct LatestLabels {
+    pub by_answer: BTreeMap<u64, (u64, bool)>,
+    pub first_label_index: Option<u64>,
+    pub last_label_index: Option<u64>,
+}
+
+pub async fn latest_labels(ledger: &Ledger, system: &str, since: Option<&str>) -> anyhow::Result<LatestLabels> {
     let mut latest: BTreeMap<u64, (u64, bool)> = BTreeMap::new();
     let (mut first_label_index, mut last_label_index) = (None, None);
     for entry_type in ["feedback", "review"] {
@@ -75,6 +80,14 @@ pub async fn labelled_answers(ledger: &Ledger, system: &str, tier: usize, model:
             }
         }
     }
+    Ok(LatestLabels { by_answer: latest, first_label_index, last_label_index })
+}
+
+/// Every answer of `system`'s tier `tier`, run by `model`, that has a feedback entry or a
+/// review verdict (at or after `since`, RFC 3339, when given). The latest label of an answer
+/// wins. Answers whose attempt recorded no signals are skipped.
+pub async fn labelled_answers(ledger: &Ledger, system: &str, tier: usize, model: &ArtifactRef, since: Option<&str>) -> anyhow::Result<LedgerLabels> {
+    let LatestLabels { by_answer: latest, first_label_index, last_label_index } = latest_labels(ledger, system, since).await?;
     let mut samples = Vec::new();
     let mut labels = Vec::new();
     for (index, (_, correct)) in latest {

@@ -76,6 +76,8 @@ pub fn routes(config: &mut web::ServiceConfig) {
             .route("/reviews", web::get().to(pages::reviews))
             .route("/reviews/{index}", web::get().to(pages::review))
             .route("/reviews/{index}/verdict", web::post().to(pages::record_verdict))
+            .route("/experiments", web::get().to(pages::experiments))
+            .route("/experiments/{id}", web::get().to(pages::experiment))
             .route("/keys", web::get().to(pages::keys))
             .route("/keys", web::post().to(pages::issue_key))
             .route("/keys/{key_id}/revoke", web::post().to(pages::revoke_key))
@@ -103,6 +105,8 @@ pub const METRICS: Operation = Operation { method: "GET", path: "/metrics" };
 pub const GET_VERSION: Operation = Operation { method: "GET", path: "/v1/registry/{collection}/{id}/versions/{version}" };
 pub const LIST_REVIEWS: Operation = Operation { method: "GET", path: "/v1/reviews" };
 pub const RECORD_VERDICT: Operation = Operation { method: "POST", path: "/v1/reviews/{ledger_index}/verdict" };
+pub const LIST_EXPERIMENTS: Operation = Operation { method: "GET", path: "/v1/experiments" };
+pub const EXPERIMENT_REPORT: Operation = Operation { method: "GET", path: "/v1/experiments/{id}/report" };
 pub const LIST_KEYS: Operation = Operation { method: "GET", path: "/v1/keys" };
 pub const ISSUE_KEY: Operation = Operation { method: "POST", path: "/v1/keys" };
 pub const REVOKE_KEY: Operation = Operation { method: "DELETE", path: "/v1/keys/{key_id}" };
@@ -161,11 +165,12 @@ pub struct NavItem {
 
 impl Chrome {
     pub fn new(state: &AppState, signed_in: &SignedIn, current: &str) -> Chrome {
-        let items: [(&str, &str, Operation); 5] = [
+        let items: [(&str, &str, Operation); 6] = [
             ("/console/overview", "Overview", METRICS),
             ("/console/ledger", "Ledger", LIST_LEDGER),
             ("/console/ledger/checkpoints", "Checkpoints", LIST_CHECKPOINTS),
             ("/console/reviews", "Review queue", LIST_REVIEWS),
+            ("/console/experiments", "Experiments", LIST_EXPERIMENTS),
             ("/console/keys", "Keys", LIST_KEYS),
         ];
         let nav = items

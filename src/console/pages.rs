@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    AUDIT_BUNDLE, Chrome, ConsoleError, EXPORT_LEDGER, GET_ENTRY, GET_VERSION, ISSUE_KEY, LIST_CHECKPOINTS, LIST_KEYS, LIST_LEDGER, LIST_REVIEWS,
-    METRICS, RECORD_VERDICT, REVOKE_KEY, VERIFY_LEDGER, check_form, html,
+    AUDIT_BUNDLE, Chrome, ConsoleError, EXPERIMENT_REPORT, EXPORT_LEDGER, GET_ENTRY, GET_VERSION, ISSUE_KEY, LIST_CHECKPOINTS, LIST_EXPERIMENTS,
+    LIST_KEYS, LIST_LEDGER, LIST_REVIEWS, METRICS, RECORD_VERDICT, REVOKE_KEY, VERIFY_LEDGER, check_form, html,
     overview::{self, Figures, GovernanceEvent},
     parse_query, see_other,
     session::{SignInFirst, require},
@@ -666,4 +666,61 @@ pub async fn revoke_key(state: web::Data<AppState>, req: HttpRequest, key_id: we
     REVOKE_KEY.require(&state, &signed_in.caller)?;
     crate::api::keys::revoke(&state, &signed_in.caller, &key_id).await?;
     Ok(see_other("/console/keys"))
+}
+
+// ---------------------------------------------------------------- experiments
+
+#[derive(Template)]
+#[template(path = "experiments.html")]
+struct ExperimentsPage {
+    chrome: Chrome,
+    runs: Vec<crate::api::experiments::ExperimentRun>,
+}
+
+pub async fn experiments(state: web::Data<AppState>, req: HttpRequest) -> Page {
+    let signed_in = require(&state, &req).await?;
+    LIST_EXPERIMENTS.require(&state, &signed_in.caller)?;
+    let runs = state.store.experiment_runs().await?.into_iter().map(Into::into).collect();
+    Ok(html(&ExperimentsPage { chrome: Chrome::new(&state, &signed_in, "/console/experiments"), runs })?)
+}
+
+#[derive(Template)]
+#[template(path = "experiment.html")]
+struct ExperimentPage {
+    chrome: Chrome,
+    report: crate::experiment::report::ExperimentReport,
+    metric: String,
+    digest: String,
+    /// (quantity, control, treatment), formatted.
+    rows: Vec<(&'static str, String, String)>,
+}
+
+/// `value [low, high]`, or a dash when there is no data.
+fn estimate(estimate: Option<crate::experiment::stats::Estimate>) -> String {
+    estimate.map_or_else(|| "–".to_owned(), |e| format!("{} [{}, {}]", e.value, e.low, e.high))
+}
+
+pub async fn experiment(state: web::Data<AppState>, req: HttpRequest, path: web::Path<String>) -> Page {
+    let signed_in = require(&state, &req).await?;
+    EXPERIMENT_REPORT.require(&state, &signed_in.caller)?;
+    let name = path.into_inner();
+    // Listed as id@version; the report is of the id's latest run.
+    let id = name.split('@').next().unwrap_or_default();
+    let report = crate::api::experiments::report_of(&state, id).await?;
+    let (control, treatment) = (&report.control_arm, &report.treatment_arm);
+    let rows = vec![
+        ("Requests", control.requests.to_string(), treatment.requests.to_string()),
+        ("Containment", estimate(control.containment), estimate(treatment.containment)),
+        ("Escalation rate", estimate(control.escalation_rate), estimate(treatment.escalation_rate)),
+        ("Denial rate", estimate(control.denial_rate), estimate(treatment.denial_rate)),
+        ("Error rate", estimate(control.error_rate), estimate(treatment.error_rate)),
+        ("Latency p50 (ms)", estimate(control.latency_ms_p50), estimate(treatment.latency_ms_p50)),
+        ("Latency p95 (ms)", estimate(control.latency_ms_p95), estimate(treatment.latency_ms_p95)),
+        ("Cost per request", estimate(control.cost_per_request), estimate(treatment.cost_per_request)),
+        ("Labelled answers", control.labelled.to_string(), treatment.labelled.to_string()),
+        ("Feedback accuracy", estimate(control.feedback_accuracy), estimate(treatment.feedback_accuracy)),
+    ];
+    let metric = serde_json::to_value(report.verdict.metric).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    let digest = report.digest();
+    Ok(html(&ExperimentPage { chrome: Chrome::new(&state, &signed_in, "/console/experiments"), report, metric, digest, rows })?)
 }

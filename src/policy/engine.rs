@@ -45,6 +45,10 @@ pub struct GateDecision {
     pub reasons: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Route gate only: `"control"` keeps a request of a running experiment on the control
+    /// version (and out of the experiment's comparison), whichever arm it was assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub experiment: Option<String>,
     /// Wall time of the evaluation in microseconds.
     #[serde(default)]
     pub eval_us: u64,
@@ -52,7 +56,14 @@ pub struct GateDecision {
 
 impl GateDecision {
     fn fail_closed(error: String, eval_us: u64) -> GateDecision {
-        GateDecision { action: "deny".to_owned(), tier: None, reasons: vec![format!("policy failed closed: {error}")], error: Some(error), eval_us }
+        GateDecision {
+            action: "deny".to_owned(),
+            tier: None,
+            reasons: vec![format!("policy failed closed: {error}")],
+            error: Some(error),
+            experiment: None,
+            eval_us,
+        }
     }
 }
 
@@ -194,7 +205,14 @@ fn interpret(gate: Gate, value: &Value, tier_count: usize, eval_us: u64) -> Gate
         },
         _ => None,
     };
-    GateDecision { action: action.to_owned(), tier, reasons, error: None, eval_us }
+    let experiment = match (gate, value.get("experiment")) {
+        (_, None) => None,
+        (Gate::Route, Some(Value::String(arm))) if arm == "control" => Some(arm.clone()),
+        (_, Some(other)) => {
+            return GateDecision::fail_closed(format!("{rule} returned experiment {other}; only route may set it, and only to \"control\""), eval_us);
+        }
+    };
+    GateDecision { action: action.to_owned(), tier, reasons, error: None, experiment, eval_us }
 }
 
 #[cfg(test)]

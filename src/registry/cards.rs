@@ -10,11 +10,18 @@ use super::reference::ArtifactRef;
 static MODEL_CARD_SCHEMA: &str = include_str!("../../model-cards/schema/model-card.schema.json");
 static SYSTEM_CARD_SCHEMA: &str = include_str!("../../model-cards/schema/system-card.schema.json");
 static CONFIDENCE_MODEL_SCHEMA: &str = include_str!("../../model-cards/schema/confidence-model.schema.json");
+static EXPERIMENT_SCHEMA: &str = include_str!("../../model-cards/schema/experiment.schema.json");
 
 /// Compiled once: the schemas ship inside the binary, so a bad one is a build defect caught by
 /// the unit tests below, never a runtime condition.
-static VALIDATORS: LazyLock<Result<[jsonschema::Validator; 3], String>> =
-    LazyLock::new(|| Ok([compile_schema(MODEL_CARD_SCHEMA)?, compile_schema(SYSTEM_CARD_SCHEMA)?, compile_schema(CONFIDENCE_MODEL_SCHEMA)?]));
+static VALIDATORS: LazyLock<Result<[jsonschema::Validator; 4], String>> = LazyLock::new(|| {
+    Ok([
+        compile_schema(MODEL_CARD_SCHEMA)?,
+        compile_schema(SYSTEM_CARD_SCHEMA)?,
+        compile_schema(CONFIDENCE_MODEL_SCHEMA)?,
+        compile_schema(EXPERIMENT_SCHEMA)?,
+    ])
+});
 
 fn compile_schema(text: &str) -> Result<jsonschema::Validator, String> {
     let schema: Value = serde_json::from_str(text).map_err(|e| format!("schema is not JSON: {e}"))?;
@@ -53,6 +60,8 @@ pub enum CardKind {
     System,
     /// A tier's signals → P(correct) (`crate::confidence`).
     ConfidenceModel,
+    /// A live A/B test or canary of a system's versions (`crate::experiment`).
+    Experiment,
 }
 
 impl CardKind {
@@ -62,6 +71,7 @@ impl CardKind {
             CardKind::Model => "model-card",
             CardKind::System => "system-card",
             CardKind::ConfidenceModel => "confidence-model",
+            CardKind::Experiment => "experiment",
         }
     }
 }
@@ -84,19 +94,21 @@ pub fn parse_card(text: &str) -> Result<ValidatedCard, CardError> {
         Some("model-card") => CardKind::Model,
         Some("system-card") => CardKind::System,
         Some("confidence-model") => CardKind::ConfidenceModel,
+        Some("experiment") => CardKind::Experiment,
         Some(other) => {
             return Err(CardError::Invalid(format!(
-                "/kind: {other:?} is not a card kind (expected \"model-card\", \"system-card\" or \"confidence-model\")"
+                "/kind: {other:?} is not a card kind (expected \"model-card\", \"system-card\", \"confidence-model\" or \"experiment\")"
             )));
         }
-        None => return Err(CardError::Invalid("/kind: missing (\"model-card\", \"system-card\" or \"confidence-model\")".into())),
+        None => return Err(CardError::Invalid("/kind: missing (\"model-card\", \"system-card\", \"confidence-model\" or \"experiment\")".into())),
     };
-    let [model_validator, system_validator, confidence_validator] =
+    let [model_validator, system_validator, confidence_validator, experiment_validator] =
         VALIDATORS.as_ref().map_err(|e| CardError::Invalid(format!("built-in schema: {e}")))?;
     let validator = match kind {
         CardKind::Model => model_validator,
         CardKind::System => system_validator,
         CardKind::ConfidenceModel => confidence_validator,
+        CardKind::Experiment => experiment_validator,
     };
     let violations: Vec<SchemaViolation> = validator
         .iter_errors(&document)

@@ -89,6 +89,7 @@ impl Registry {
                 CardKind::Model => "model cards",
                 CardKind::System => "system cards",
                 CardKind::ConfidenceModel => "confidence models",
+                CardKind::Experiment => "experiments",
             };
             return Err(LifecycleError::Unprocessable(format!("/kind: {:?} sent where {wanted} are submitted", card.kind.as_str())));
         }
@@ -100,6 +101,10 @@ impl Registry {
                     return Err(LifecycleError::Unprocessable(missing.join("; ")));
                 }
                 ArtifactKind::ConfidenceModel
+            }
+            CardKind::Experiment => {
+                self.experiment_problems(&card.document).await?;
+                ArtifactKind::Experiment
             }
             CardKind::System => {
                 let mut problems = self.missing_references(&card.document).await?;
@@ -138,7 +143,7 @@ impl Registry {
     /// Stores `document` as the next draft version of `id`, with its governance entry, unless
     /// a version with the same digest exists (then that one is returned and nothing written).
     #[allow(clippy::too_many_arguments)]
-    async fn store_new_version(
+    pub(super) async fn store_new_version(
         &self,
         ledger: &Ledger,
         kind: ArtifactKind,
@@ -207,7 +212,7 @@ impl Registry {
         Ok(problems)
     }
 
-    async fn missing_references_of(&self, references: Vec<(String, ArtifactKind, String)>) -> anyhow::Result<Vec<String>> {
+    pub(super) async fn missing_references_of(&self, references: Vec<(String, ArtifactKind, String)>) -> anyhow::Result<Vec<String>> {
         let mut missing = Vec::new();
         for (pointer, kind, text) in references {
             match ArtifactRef::parse(&text) {
@@ -271,7 +276,7 @@ impl Registry {
         actor: &Actor,
         now: &str,
     ) -> Result<GovernanceRecord, LifecycleError> {
-        self.move_active(ledger, kind, reference, actor, now, "activated").await
+        self.move_active(ledger, kind, reference, actor, now, "activated", None).await
     }
 
     /// Points `active` back at an earlier approved version: `to`, or by default the version
@@ -285,7 +290,7 @@ impl Registry {
         actor: &Actor,
         now: &str,
     ) -> Result<GovernanceRecord, LifecycleError> {
-        self.move_active(ledger, kind, reference, actor, now, "rolled_back").await
+        self.move_active(ledger, kind, reference, actor, now, "rolled_back", None).await
     }
 
     /// The version a rollback of `id` goes to: `to` if given (it must be older than the active
@@ -318,7 +323,10 @@ impl Registry {
         Ok(ArtifactRef { id: id.to_owned(), version: target })
     }
 
-    async fn move_active(
+    /// Moves `active` to `reference`. `promotion`, when given, is the experiment whose
+    /// treatment this is: it ends in the same transaction, and the entry cites it as evidence.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn move_active(
         &self,
         ledger: &Ledger,
         kind: ArtifactKind,
@@ -326,9 +334,14 @@ impl Registry {
         actor: &Actor,
         now: &str,
         event: &str,
+        promotion: Option<super::experiments::Promotion<'_>>,
     ) -> Result<GovernanceRecord, LifecycleError> {
         let mut tx = ledger.begin().await?;
         activation_problem(tx.conn(), kind, reference, actor).await?;
+        let evidence = match &promotion {
+            Some(promotion) => Some(promotion.end_run(tx.conn(), now).await?),
+            None => None,
+        };
         let version = load(tx.conn(), kind, reference).await?;
         let previous = Store::artifact_alias_with(&mut *tx.conn(), kind.as_str(), &reference.id, "active").await?;
         if let Some(previous) = previous {
@@ -352,7 +365,10 @@ impl Registry {
         .await?;
         let status = json!({"from": version.status, "to": ACTIVE});
         let active = json!({"from": previous, "to": reference.version});
-        let entry = governance_entry(event, kind, reference, &version.digest, actor, status, Some(active));
+        let mut entry = governance_entry(event, kind, reference, &version.digest, actor, status, Some(active));
+        if let Some(evidence) = evidence {
+            entry.body["evidence"] = evidence;
+        }
         let appended = tx.commit(entry).await?;
         Ok(record(event, kind, reference, &version.digest, ACTIVE, previous, appended.index))
     }
@@ -450,13 +466,23 @@ impl Registry {
     }
 }
 
-async fn load(conn: &mut sqlx::AnyConnection, kind: ArtifactKind, reference: &ArtifactRef) -> Result<StoredArtifactVersion, LifecycleError> {
+pub(super) async fn load(
+    conn: &mut sqlx::AnyConnection,
+    kind: ArtifactKind,
+    reference: &ArtifactRef,
+) -> Result<StoredArtifactVersion, LifecycleError> {
     Store::artifact_version_with(conn, kind.as_str(), &reference.id, reference.version)
         .await?
         .ok_or_else(|| LifecycleError::NotFound(format!("{} {reference} does not exist", kind.as_str())))
 }
 
-fn four_eyes(step: &str, kind: ArtifactKind, reference: &ArtifactRef, version: &StoredArtifactVersion, actor: &Actor) -> Result<(), LifecycleError> {
+pub(super) fn four_eyes(
+    step: &str,
+    kind: ArtifactKind,
+    reference: &ArtifactRef,
+    version: &StoredArtifactVersion,
+    actor: &Actor,
+) -> Result<(), LifecycleError> {
     if version.author == actor.id {
         return Err(LifecycleError::FourEyes(format!(
             "{} {reference} was submitted by {:?}, who cannot {step} it: a second person must",
@@ -467,7 +493,7 @@ fn four_eyes(step: &str, kind: ArtifactKind, reference: &ArtifactRef, version: &
     Ok(())
 }
 
-async fn activation_problem(
+pub(super) async fn activation_problem(
     conn: &mut sqlx::AnyConnection,
     kind: ArtifactKind,
     reference: &ArtifactRef,
@@ -519,7 +545,7 @@ fn confidence_model_references(document: &Value) -> Vec<(String, ArtifactKind, S
     vec![("/tier_model".to_owned(), ArtifactKind::ModelCard, model)]
 }
 
-fn governance_entry(
+pub(super) fn governance_entry(
     event: &str,
     kind: ArtifactKind,
     reference: &ArtifactRef,
@@ -546,7 +572,7 @@ fn governance_entry(
     }
 }
 
-fn record(
+pub(super) fn record(
     event: &str,
     kind: ArtifactKind,
     reference: &ArtifactRef,

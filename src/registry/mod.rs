@@ -2,6 +2,7 @@
 
 mod cards;
 mod diff;
+mod experiments;
 mod export;
 mod lifecycle;
 mod reference;
@@ -12,6 +13,7 @@ pub use cards::{
     WeightsSource, parse_card,
 };
 pub use diff::{Change, diff};
+pub use experiments::StartedExperiment;
 pub use export::{CYCLONEDX_SPEC_VERSION, cyclonedx, markdown};
 pub use lifecycle::{ACTIVE, APPROVED, Actor, DRAFT, GovernanceRecord, LifecycleError, RETIRED, Submission};
 pub use reference::{ArtifactKind, ArtifactRef, validate_slug};

@@ -13,6 +13,8 @@ pub enum ArtifactKind {
     CalibrationReport,
     /// A tier's signals → P(correct); cited by version from system cards.
     ConfidenceModel,
+    /// A live A/B test or canary between two versions of one system.
+    Experiment,
 }
 
 impl ArtifactKind {
@@ -23,6 +25,7 @@ impl ArtifactKind {
             ArtifactKind::PolicyBundle => "policy_bundle",
             ArtifactKind::CalibrationReport => "calibration_report",
             ArtifactKind::ConfidenceModel => "confidence_model",
+            ArtifactKind::Experiment => "experiment",
         }
     }
 }

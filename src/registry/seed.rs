@@ -39,6 +39,7 @@ pub async fn seed_shipped(registry: &Registry, cards_dirs: &[PathBuf], policies_
         CardKind::Model => 0,
         CardKind::ConfidenceModel => 1,
         CardKind::System => 2,
+        CardKind::Experiment => 3,
     });
     for (path, text, card) in cards {
         let kind = match card.kind {
@@ -50,6 +51,9 @@ pub async fn seed_shipped(registry: &Registry, cards_dirs: &[PathBuf], policies_
                 anyhow::ensure!(mismatches.is_empty(), "shipped card {}: {}", path.display(), mismatches.join("; "));
                 ArtifactKind::SystemCard
             }
+            // An experiment touches live traffic: started by a person through the API, never
+            // by a file found at start-up.
+            CardKind::Experiment => anyhow::bail!("{}: experiments are not seeded; submit them to /v1/registry/experiments", path.display()),
         };
         seed_one(registry, kind, &card.id, &text, &card.document, now, &mut report).await?;
     }

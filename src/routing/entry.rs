@@ -81,8 +81,15 @@ impl EntryBuilder {
         );
     }
 
-    pub fn finish(mut self, request_id: &str, outcome: Outcome, answer: Option<&ServedAnswer>, escalated: bool) -> EntryDraft {
+    /// The request's part in a running experiment: its arm, and whether it counts.
+    pub fn set_experiment(&mut self, experiment: Value) {
+        self.body.insert("experiment".into(), experiment);
+    }
+
+    /// `latency_ms`: from the route gate to the answer, before the ledger commit.
+    pub fn finish(mut self, request_id: &str, outcome: Outcome, answer: Option<&ServedAnswer>, escalated: bool, latency_ms: f64) -> EntryDraft {
         self.body.insert("attempts".into(), Value::Array(self.attempts));
+        self.body.insert("latency_ms".into(), json!((latency_ms * 1000.0).round() / 1000.0));
         self.body.insert("outcome".into(), json!(outcome.as_str()));
         self.body.insert("escalated".into(), json!(escalated));
         self.body.insert("served_tier".into(), json!(answer.map(|a| a.tier)));

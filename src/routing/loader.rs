@@ -147,6 +147,24 @@ impl SystemLoader {
         })
     }
 
+    /// A running experiment ready to serve: its document, its treatment loaded, the run's
+    /// share and key.
+    pub async fn load_experiment(&self, run: &crate::store::ExperimentRunRow) -> anyhow::Result<crate::experiment::ExperimentRoute> {
+        let reference = ArtifactRef { id: run.experiment_id.clone(), version: run.experiment_version };
+        let stored = self.registry.require(ArtifactKind::Experiment, &reference).await?;
+        let document = crate::experiment::check_document(&stored.document).map_err(|e| anyhow::anyhow!("experiment {reference}: {e}"))?;
+        let treatment = self.registry.require(ArtifactKind::SystemCard, &document.treatment).await?;
+        let treatment = self.load(&treatment).await.with_context(|| format!("experiment {reference}: treatment {}", document.treatment))?;
+        Ok(crate::experiment::ExperimentRoute {
+            reference,
+            digest: stored.digest,
+            document,
+            treatment: Arc::new(treatment),
+            treatment_ppm: u32::try_from(run.treatment_ppm).context("treatment share")?,
+            key: hex::decode(&run.assignment_key).context("experiment assignment key")?,
+        })
+    }
+
     /// A policy bundle version, compiled once with the serving time limit and shared.
     pub async fn policy(&self, reference: &ArtifactRef) -> anyhow::Result<Arc<CompiledBundle>> {
         let mut cache = self.cache.lock().await;

@@ -23,6 +23,7 @@ use tracing::Instrument;
 
 use crate::{
     confidence::monitor::{CalibrationMonitor, CalibrationSettings, CalibrationState},
+    experiment::{Assignment, ExperimentRoute},
     inference::{DecodingProfile, PromptTooLong, Signals, Turn},
     ledger::Ledger,
     metrics::Metrics,
@@ -170,6 +171,8 @@ pub struct Router {
     refused: RwLock<HashMap<String, (ArtifactRef, String)>>,
     /// Candidate bundles evaluated beside a system's own policy, recorded, never acted on.
     shadows: RwLock<HashMap<String, Arc<CompiledBundle>>>,
+    /// The running experiment of each system that has one.
+    experiments: RwLock<HashMap<String, Arc<ExperimentRoute>>>,
     ledger: Arc<Ledger>,
     store_text: bool,
     metrics: Arc<Metrics>,
@@ -184,6 +187,7 @@ impl Router {
             systems: RwLock::new(systems),
             refused: RwLock::new(HashMap::new()),
             shadows: RwLock::new(HashMap::new()),
+            experiments: RwLock::new(HashMap::new()),
             ledger,
             store_text,
             metrics,
@@ -352,6 +356,29 @@ impl Router {
         self.shadows.read().unwrap_or_else(PoisonError::into_inner).get(system).cloned()
     }
 
+    /// Runs `experiment` on its system from the next request on (or, with `None`, ends the
+    /// system's experiment: all traffic to the active version).
+    pub fn set_experiment(&self, system: &str, experiment: Option<Arc<ExperimentRoute>>) {
+        let mut experiments = self.experiments.write().unwrap_or_else(PoisonError::into_inner);
+        match experiment {
+            Some(experiment) => {
+                tracing::info!(system, experiment = %experiment.reference, treatment_percent = crate::experiment::ppm_to_percent(experiment.treatment_ppm), "experiment running");
+                experiments.insert(system.to_owned(), experiment)
+            }
+            None => experiments.remove(system),
+        };
+    }
+
+    pub fn experiment(&self, system: &str) -> Option<Arc<ExperimentRoute>> {
+        self.experiments.read().unwrap_or_else(PoisonError::into_inner).get(system).cloned()
+    }
+
+    /// Every running experiment on this replica, by system id.
+    pub fn experiments(&self) -> Vec<(String, Arc<ExperimentRoute>)> {
+        let experiments = self.experiments.read().unwrap_or_else(PoisonError::into_inner);
+        experiments.iter().map(|(system, experiment)| (system.clone(), experiment.clone())).collect()
+    }
+
     fn read_systems(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<SystemRoute>>> {
         // A panic while holding the lock cannot leave the map half-changed (insert is one step).
         self.systems.read().unwrap_or_else(PoisonError::into_inner)
@@ -399,33 +426,35 @@ impl Router {
         if let Some(contradiction) = self.ledger.contradiction() {
             return Err(RoutingError::LedgerUnavailable(crate::ledger::LedgerHalted(contradiction).into()));
         }
-        let system = self.read_systems().get(&request.system_id).cloned().ok_or_else(|| {
+        let mut system = self.read_systems().get(&request.system_id).cloned().ok_or_else(|| {
             match self.refused.read().unwrap_or_else(PoisonError::into_inner).get(&request.system_id) {
                 Some((version, reason)) => RoutingError::SystemUnavailable { system: version.to_string(), reason: reason.clone() },
                 None => RoutingError::UnknownSystem(request.system_id.clone()),
             }
         })?;
-        system.check_request(&request)?;
-        let base_input = json!({
-            "request": request_facts_input(&request),
-            "system": {
-                "id": system.reference.id,
-                "version": system.reference.version,
-                "tier_count": system.tiers.len(),
-                "tiers": system.tiers.iter().map(|t| json!({"name": t.name, "model": t.model.to_string()})).collect::<Vec<_>>(),
-            },
-            "thresholds": system.thresholds,
-        });
-        let tier_count = system.tiers.len();
+        // A running experiment applies while its control is what the system serves.
+        let experiment = self.experiment(&request.system_id).filter(|e| e.document.control == system.reference);
+        let mut assignment =
+            experiment.as_ref().map(|e| e.assign(&request.facts.caller, request.facts.metadata.get("user").map(String::as_str), request_id));
         let started = Instant::now();
-        let route_span = tracing::info_span!("policy.route", gate = "route", decision = tracing::field::Empty, start_tier = tracing::field::Empty);
-        let route = route_span.in_scope(|| system.policy.evaluate(Gate::Route, &base_input, tier_count));
-        route_span.record("decision", route.action.as_str());
-        if let Some(tier) = route.tier {
-            route_span.record("start_tier", tier);
+        let (mut base_input, mut route) = self.route_gate(&system, &request, experiment.as_deref().zip(assignment.as_ref()))?;
+        if let (Some(experiment), Some(assignment)) = (&experiment, assignment.as_mut()) {
+            // The control's policy may keep a request on control (`"experiment": "control"`); it
+            // decides so for either arm alike, so the kept requests leave both arms' comparison.
+            if route.experiment.as_deref() == Some("control") && assignment.excluded.is_none() {
+                assignment.excluded = Some("kept on control by the policy's route decision".into());
+                assignment.arm = crate::experiment::Arm::Control;
+            }
+            if assignment.arm == crate::experiment::Arm::Treatment {
+                system = experiment.treatment.clone();
+                (base_input, route) = self.route_gate(&system, &request, Some((experiment, assignment)))?;
+            }
         }
-        self.metrics.policy_seconds.with_label_values(&["route"]).observe(route.eval_us as f64 / 1e6);
+        let tier_count = system.tiers.len();
         let mut record = entry::EntryBuilder::new(&system, &request, base_input.clone(), route.clone(), self.store_text);
+        if let (Some(experiment), Some(assignment)) = (&experiment, &assignment) {
+            record.set_experiment(experiment.ledger_record(assignment));
+        }
         let shadow = self.shadow(&system.reference.id);
         let shadow_route = shadow.as_ref().map(|s| s.evaluate(Gate::Route, &base_input, tier_count));
         let mut shadow_accepts = Vec::new();
@@ -506,11 +535,15 @@ impl Router {
         }
         let escalated = attempts.len() > 1;
         self.observe(&system.reference.id, outcome, answer.as_ref(), &attempts, started);
+        if let (Some(experiment), Some(assignment)) = (&experiment, &assignment) {
+            let arm = if assignment.excluded.is_some() { "excluded" } else { assignment.arm.as_str() };
+            self.metrics.experiment_requests.with_label_values(&[&experiment.reference.id, arm, outcome.as_str()]).inc();
+        }
         self.observe_drift(&system, &attempts, request.prompt_chars());
         if let (Some(shadow), Some(shadow_route)) = (&shadow, shadow_route) {
             record.set_shadow(shadow, shadow_route, shadow_accepts);
         }
-        let draft = record.finish(request_id, outcome, answer.as_ref(), escalated);
+        let draft = record.finish(request_id, outcome, answer.as_ref(), escalated, started.elapsed().as_secs_f64() * 1000.0);
         let commit_span = tracing::info_span!("ledger.commit", ledger_index = tracing::field::Empty);
         let appended = self.ledger.append(draft).instrument(commit_span.clone()).await.map_err(RoutingError::LedgerUnavailable)?;
         commit_span.record("ledger_index", appended.index);
@@ -532,6 +565,38 @@ impl Router {
             system: system.reference.to_string(),
             policy: system.policy.reference.to_string(),
         })
+    }
+
+    /// The route gate's input for `system` and its decision (with `input.experiment` when the
+    /// request is part of a running experiment).
+    fn route_gate(
+        &self,
+        system: &SystemRoute,
+        request: &ChatRequest,
+        experiment: Option<(&ExperimentRoute, &Assignment)>,
+    ) -> Result<(Value, GateDecision), RoutingError> {
+        system.check_request(request)?;
+        let mut base_input = json!({
+            "request": request_facts_input(request),
+            "system": {
+                "id": system.reference.id,
+                "version": system.reference.version,
+                "tier_count": system.tiers.len(),
+                "tiers": system.tiers.iter().map(|t| json!({"name": t.name, "model": t.model.to_string()})).collect::<Vec<_>>(),
+            },
+            "thresholds": system.thresholds,
+        });
+        if let Some((experiment, assignment)) = experiment {
+            base_input["experiment"] = experiment.policy_input(assignment);
+        }
+        let route_span = tracing::info_span!("policy.route", gate = "route", decision = tracing::field::Empty, start_tier = tracing::field::Empty);
+        let route = route_span.in_scope(|| system.policy.evaluate(Gate::Route, &base_input, system.tiers.len()));
+        route_span.record("decision", route.action.as_str());
+        if let Some(tier) = route.tier {
+            route_span.record("start_tier", tier);
+        }
+        self.metrics.policy_seconds.with_label_values(&["route"]).observe(route.eval_us as f64 / 1e6);
+        Ok((base_input, route))
     }
 
     async fn attempt(

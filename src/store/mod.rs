@@ -1,6 +1,7 @@
 //! The database: sqlx Any pool (SQLite default, PostgreSQL), migrations, and every query.
 
 mod artifacts;
+mod experiments;
 mod keys;
 mod ledger;
 mod reviews;
@@ -8,6 +9,7 @@ mod rollups;
 mod sessions;
 
 pub use artifacts::{AliasHistoryRow, AliasMove, NewArtifactVersion, ShadowRow, StoredArtifactVersion};
+pub use experiments::{ExperimentRunRow, RUNNING as EXPERIMENT_RUNNING};
 pub use keys::KeyRow;
 pub use ledger::{LedgerFilter, LedgerRow, StoredCheckpoint, StoredCosignature};
 pub use reviews::ReviewRow;

@@ -50,6 +50,8 @@ async fn each_role_reaches_its_endpoint_groups_and_no_others() {
             Some(json!({"gate": "route", "input": {}})),
             &["author", "approver", "auditor"],
         ),
+        ("experiments read", "GET", "/v1/experiments", None, &["author", "approver", "auditor"]),
+        ("experiment start", "POST", "/v1/experiments/none/versions/1/start", None, &["approver"]),
         ("key management", "GET", "/v1/keys", None, &["admin"]),
         ("review queue", "GET", "/v1/reviews", None, &["reviewer", "auditor"]),
         ("review verdict", "POST", "/v1/reviews/999999/verdict", Some(json!({"verdict": "approve"})), &["reviewer"]),

@@ -346,3 +346,41 @@ async fn malformed_ledger_filters_get_a_422_page_naming_the_parameter() {
     browser.open(&format!("{}/console/overview?window=forever", app.address)).await;
     assert!(browser.text("#error-message").await.contains("window"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_experiments_page_shows_the_report_the_api_computes_and_only_to_its_roles() {
+    use crate::experiments::{ask, experiment, ok, submit_and_approve_system, system_version};
+
+    let app = spawn_app().await;
+    submit_and_approve_system(&app, &system_version("shown-sys", -1000.0), 1, "shown-sys").await;
+    assert_eq!(app.lifecycle("bob", "system-cards", "shown-sys", 1, "activate").await.status(), 200);
+    submit_and_approve_system(&app, &system_version("shown-sys", 1.0), 2, "shown-sys").await;
+    let text = experiment("shown", "shown-sys", "shown-sys@2", 50.0, "request", json!({"min_samples": 3, "max_error_rate": 0.5}));
+    assert_eq!(app.submit("alice", "experiments", &text).await.status(), 201);
+    assert_eq!(app.lifecycle("bob", "experiments", "shown", 1, "approve").await.status(), 200);
+    ok(app.post_as("bob", "/v1/experiments/shown/versions/1/start", "application/json", String::new()).await).await;
+    for request in 0..10 {
+        ask(&app, "shown-sys", &format!("u{request}"), "normal").await;
+    }
+    let report = ok(app.get("/v1/experiments/shown/report").await).await;
+
+    let browser = browser_signed_in(&app.address, &app.auditor_token).await;
+    browser.open(&format!("{}/console/experiments", app.address)).await;
+    assert!(browser.text("#experiments").await.contains("shown@1"));
+    browser.click("a[href='/console/experiments/shown@1']").await;
+    let arms = browser.text("#arms").await;
+    let requests_row = arms.lines().find(|line| line.starts_with("Requests")).unwrap_or_default().to_owned();
+    assert_eq!(
+        requests_row,
+        format!("Requests {} {}", report["control_arm"]["requests"], report["treatment_arm"]["requests"]),
+        "the page shows the API's numbers"
+    );
+    assert!(browser.text("#experiment-state").await.starts_with("running"));
+    assert!(browser.text("#experiment-verdict").await.contains("escalation_rate"));
+    browser.screenshot("experiment").await;
+
+    // The role rule of GET /v1/experiments: an application's key is refused.
+    let app_browser = browser_signed_in(&app.address, &app.app_token).await;
+    app_browser.open(&format!("{}/console/experiments/shown@1", app.address)).await;
+    assert_eq!(app_browser.text("#error-status").await, "403 Forbidden");
+}

@@ -10,6 +10,7 @@ mod clients;
 mod confidence;
 mod console;
 mod evidence;
+mod experiments;
 mod gemma;
 mod helpers;
 mod inference;

@@ -11,6 +11,8 @@ mod access;
 mod chat;
 #[path = "../api/confidence.rs"]
 mod confidence;
+#[path = "../api/experiments.rs"]
+mod experiments;
 #[path = "../api/helpers.rs"]
 mod helpers;
 #[path = "../api/inference.rs"]

@@ -49,6 +49,43 @@ async fn two_replicas_share_one_gap_free_ledger_and_see_each_others_activations(
     assert_eq!(served_by_second, "always-small@2", "the second replica picked up the activation");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn experiment_assignments_agree_across_replicas_and_survive_a_restart() {
+    use crate::experiments::{ask, experiment, ok, submit_and_approve_system, system_version};
+
+    let first = spawn_app().await;
+    let second = spawn_app_with(first.settings.clone()).await;
+    submit_and_approve_system(&first, &system_version("split-sys", -1000.0), 1, "split-sys").await;
+    assert_eq!(first.lifecycle("bob", "system-cards", "split-sys", 1, "activate").await.status(), 200);
+    submit_and_approve_system(&first, &system_version("split-sys", 1.0), 2, "split-sys").await;
+    let text = experiment("split", "split-sys", "split-sys@2", 50.0, "user", serde_json::json!({"min_samples": 50}));
+    assert_eq!(first.submit("alice", "experiments", &text).await.status(), 201);
+    assert_eq!(first.lifecycle("bob", "experiments", "split", 1, "approve").await.status(), 200);
+    ok(first.post_as("bob", "/v1/experiments/split/versions/1/start", "application/json", String::new()).await).await;
+
+    let mut arms = Vec::new();
+    for user in 0..24 {
+        arms.push(ask(&first, "split-sys", &format!("user-{user}"), "normal").await.0);
+    }
+    assert!(arms.iter().any(|a| a == "split-sys@1") && arms.iter().any(|a| a == "split-sys@2"), "{arms:?}");
+    // The second replica picks the experiment up at its registry sync, then agrees on every user.
+    let treated = arms.iter().position(|a| a == "split-sys@2").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while ask(&second, "split-sys", &format!("user-{treated}"), "normal").await.0 != "split-sys@2" {
+        assert!(std::time::Instant::now() < deadline, "the second replica never served the experiment");
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+    for (user, arm) in arms.iter().enumerate() {
+        assert_eq!(&ask(&second, "split-sys", &format!("user-{user}"), "normal").await.0, arm, "user-{user} on the second replica");
+    }
+    // A replica started afresh on the same database resumes the run with the same assignments
+    // from its first request (no sync interval needed).
+    let restarted = spawn_app_with(first.settings.clone()).await;
+    for (user, arm) in arms.iter().enumerate() {
+        assert_eq!(&ask(&restarted, "split-sys", &format!("user-{user}"), "normal").await.0, arm, "user-{user} after a restart");
+    }
+}
+
 /// Starts the binary as replica `name` on `database_url`, sharing `data_dir` (and so the ledger
 /// signing key) with the other replicas, and waits until it listens.
 fn start_replica(name: &str, database_url: &str, data_dir: &std::path::Path, admin_key: &str) -> (String, ServeProcess) {

@@ -1,0 +1,16 @@
+-- Kept in step with migrations/sqlite/0013_experiment_runs.sql.
+CREATE TABLE experiment_runs (
+    experiment_id      TEXT   NOT NULL,
+    experiment_version BIGINT NOT NULL,
+    system_id          TEXT   NOT NULL,
+    state              TEXT   NOT NULL,
+    treatment_ppm      BIGINT NOT NULL,
+    assignment_key     TEXT   NOT NULL,
+    start_index        BIGINT NOT NULL,
+    started_by         TEXT   NOT NULL,
+    started_at         TEXT   NOT NULL,
+    ended_at           TEXT,
+    end_reason         TEXT,
+    PRIMARY KEY (experiment_id, experiment_version)
+);
+CREATE UNIQUE INDEX experiment_runs_one_running_per_system ON experiment_runs (system_id) WHERE state = 'running';
