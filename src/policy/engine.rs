@@ -142,6 +142,13 @@ impl CompiledBundle {
             message: e.to_string(),
             detail: e.to_string(),
         })?;
+        // Prepare once, here: regorus analyses, schedules and hoists the modules on the first
+        // evaluation and keeps that in the engine, shared by its clones. Left unprepared, every
+        // per-request clone redid it (about 0.4 ms of a 0.4 ms route evaluation). A trivial
+        // query prepares without evaluating any rule of the bundle.
+        if let Err(error) = engine.eval_query("true".to_owned(), false) {
+            return Err(CompileError { module: "bundle".into(), line: 0, column: 0, message: error.to_string(), detail: error.to_string() });
+        }
         Ok(CompiledBundle { reference, digest, engine })
     }
 
