@@ -186,7 +186,7 @@ impl Registry {
     }
 
     /// Every pinned reference of a system card that does not exist, described.
-    async fn missing_references(&self, document: &Value) -> anyhow::Result<Vec<String>> {
+    pub(super) async fn missing_references(&self, document: &Value) -> anyhow::Result<Vec<String>> {
         self.missing_references_of(system_references(document)).await
     }
 

@@ -46,7 +46,8 @@ pub async fn seed_shipped(registry: &Registry, cards_dirs: &[PathBuf], policies_
             CardKind::Model => ArtifactKind::ModelCard,
             CardKind::ConfidenceModel => ArtifactKind::ConfidenceModel,
             CardKind::System => {
-                check_system_references(registry, &card.document).await.with_context(|| format!("shipped card {}", path.display()))?;
+                let missing = registry.missing_references(&card.document).await?;
+                anyhow::ensure!(missing.is_empty(), "shipped card {}: {}", path.display(), missing.join("; "));
                 let mismatches = registry.confidence_model_mismatches(&card.document).await?;
                 anyhow::ensure!(mismatches.is_empty(), "shipped card {}: {}", path.display(), mismatches.join("; "));
                 ArtifactKind::SystemCard
@@ -121,25 +122,6 @@ fn check_bundle_tests(source: &BundleSource) -> anyhow::Result<()> {
         .map(|t| format!("{}: {} ({:?}{})", t.module, t.name, t.outcome, t.error.map(|e| format!(": {e}")).unwrap_or_default()))
         .collect();
     anyhow::ensure!(failing.is_empty(), "shipped policy bundle {} has failing tests: {}", source.id, failing.join(", "));
-    Ok(())
-}
-
-async fn check_system_references(registry: &Registry, document: &Value) -> anyhow::Result<()> {
-    let mut references = vec![(ArtifactKind::PolicyBundle, document.get("policy"))];
-    if let Some(tiers) = document.get("tiers").and_then(Value::as_array) {
-        references.extend(tiers.iter().map(|tier| (ArtifactKind::ModelCard, tier.get("model"))));
-        references.extend(
-            tiers
-                .iter()
-                .filter(|tier| tier.get("confidence_model").is_some())
-                .map(|tier| (ArtifactKind::ConfidenceModel, tier.get("confidence_model"))),
-        );
-    }
-    for (kind, value) in references {
-        let text = value.and_then(Value::as_str).unwrap_or_default();
-        let reference = ArtifactRef::parse(text).map_err(anyhow::Error::msg)?;
-        registry.require(kind, &reference).await?;
-    }
     Ok(())
 }
 
