@@ -294,11 +294,9 @@ pub async fn experiment_report(settings: &Settings, id: &str) -> anyhow::Result<
     let store = Store::connect(&settings.effective_database_url()).await?;
     store.migrate().await?;
     let run = store.latest_experiment_run(id).await?.with_context(|| format!("experiment {id:?} has never been started"))?;
-    let reference = ArtifactRef { id: run.experiment_id.clone(), version: run.experiment_version };
-    let stored = Registry::new(store.clone()).require(ArtifactKind::Experiment, &reference).await?;
-    let document = crate::experiment::check_document(&stored.document).map_err(|e| anyhow::anyhow!("stored experiment {reference}: {e}"))?;
+    let registry = Registry::new(store.clone());
     let ledger = Ledger::new(store, CheckpointSigner::load_or_create(&key_file, &settings.ledger_origin)?);
-    crate::experiment::report::compute(&ledger, &run, &stored.digest, &document).await
+    Ok(crate::experiment::report::of_run(&registry, &ledger, &run).await?.1)
 }
 
 /// Signs and publishes a checkpoint on a schedule (the first at start-up), for as long as the

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use super::{AppState, parse_json_body};
 use crate::{
     error::{ApiError, ErrorBody},
-    experiment::{ExperimentDocument, check_document, ppm_to_percent, report},
+    experiment::{check_document, ppm_to_percent, report},
     registry::{Actor, ArtifactKind, ArtifactRef, GovernanceRecord, LifecycleError},
     store::ExperimentRunRow,
 };
@@ -165,8 +165,7 @@ pub async fn stop_experiment(state: web::Data<AppState>, id: web::Path<String>, 
         return Err(ApiError::InvalidRequest("reason: say why the experiment is stopped".into()));
     }
     let run = state.registry.running_experiment(&id).await?;
-    let (document, digest) = document_of(&state, &run).await?;
-    let report = report::compute(state.router.ledger(), &run, &digest, &document).await?;
+    let (_, report) = report::of_run(&state.registry, state.router.ledger(), &run).await?;
     let why = json!({"by": "person", "reason": request.reason, "report_digest": report.digest()});
     let record = state
         .registry
@@ -201,8 +200,7 @@ pub struct Promoted {
 #[post("/v1/experiments/{id}/promote")]
 pub async fn promote_experiment(state: web::Data<AppState>, id: web::Path<String>, actor: Actor) -> Result<HttpResponse, ApiError> {
     let run = state.registry.running_experiment(&id).await?;
-    let (document, digest) = document_of(&state, &run).await?;
-    let report = report::compute(state.router.ledger(), &run, &digest, &document).await?;
+    let (document, report) = report::of_run(&state.registry, state.router.ledger(), &run).await?;
     let report_digest = report.digest();
     let treatment = &document.treatment;
     state.registry.check_activation(ArtifactKind::SystemCard, treatment, &actor).await?;
@@ -238,15 +236,7 @@ pub async fn experiment_report(state: web::Data<AppState>, id: web::Path<String>
 /// The report of experiment `id`'s latest run, as computed now (the API's and the console's).
 pub(crate) async fn report_of(state: &AppState, id: &str) -> Result<report::ExperimentReport, ApiError> {
     let run = state.store.latest_experiment_run(id).await?.ok_or_else(|| ApiError::NotFound(format!("experiment {id:?} has never been started")))?;
-    let (document, digest) = document_of(state, &run).await?;
-    Ok(report::compute(state.router.ledger(), &run, &digest, &document).await?)
-}
-
-async fn document_of(state: &AppState, run: &ExperimentRunRow) -> Result<(ExperimentDocument, String), ApiError> {
-    let reference = ArtifactRef { id: run.experiment_id.clone(), version: run.experiment_version };
-    let stored = state.registry.require(ArtifactKind::Experiment, &reference).await?;
-    let document = check_document(&stored.document).map_err(|e| ApiError::Internal(anyhow::anyhow!("stored experiment {reference}: {e}")))?;
-    Ok((document, stored.digest))
+    Ok(report::of_run(&state.registry, state.router.ledger(), &run).await?.1)
 }
 
 /// Serves `run` on this replica now (the others pick it up at their next registry sync).

@@ -689,7 +689,7 @@ pub async fn experiments(state: web::Data<AppState>, req: HttpRequest) -> Page {
 struct ExperimentPage {
     chrome: Chrome,
     report: crate::experiment::report::ExperimentReport,
-    metric: String,
+    metric: &'static str,
     digest: String,
     /// (quantity, control, treatment), formatted.
     rows: Vec<(&'static str, String, String)>,
@@ -720,7 +720,12 @@ pub async fn experiment(state: web::Data<AppState>, req: HttpRequest, path: web:
         ("Labelled answers", control.labelled.to_string(), treatment.labelled.to_string()),
         ("Feedback accuracy", estimate(control.feedback_accuracy), estimate(treatment.feedback_accuracy)),
     ];
-    let metric = serde_json::to_value(report.verdict.metric).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
     let digest = report.digest();
-    Ok(html(&ExperimentPage { chrome: Chrome::new(&state, &signed_in, "/console/experiments"), report, metric, digest, rows })?)
+    Ok(html(&ExperimentPage {
+        chrome: Chrome::new(&state, &signed_in, "/console/experiments"),
+        metric: report.verdict.metric.as_str(),
+        report,
+        digest,
+        rows,
+    })?)
 }

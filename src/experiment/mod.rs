@@ -51,6 +51,14 @@ pub enum Metric {
 }
 
 impl Metric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::FeedbackAccuracy => "feedback_accuracy",
+            Metric::CostPerRequest => "cost_per_request",
+            Metric::EscalationRate => "escalation_rate",
+        }
+    }
+
     /// Whether a larger value is the better one.
     pub fn higher_is_better(self) -> bool {
         self == Metric::FeedbackAccuracy

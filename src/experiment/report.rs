@@ -15,7 +15,7 @@ use crate::{
     canonical::{sha256_digest, to_canonical_bytes},
     confidence::labels::latest_labels,
     ledger::Ledger,
-    registry::ArtifactRef,
+    registry::{ArtifactRef, Registry},
     store::{ExperimentRunRow, LedgerFilter},
 };
 
@@ -34,20 +34,31 @@ pub struct Observation {
     pub correct: Option<bool>,
 }
 
+/// What an inference entry is to one experiment run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Part {
+    /// Not a request of this experiment version.
+    Outside,
+    /// Served by control and left out of the comparison (kept there by the policy, or no unit).
+    Excluded,
+    Observed(Observation),
+}
+
 impl Observation {
-    /// The request's part of an inference entry, if it belongs to `experiment` and was not
-    /// excluded from the comparison.
-    pub fn from_entry(index: u64, entry: &Value, experiment: &ArtifactRef, labels: &BTreeMap<u64, (u64, bool)>) -> Option<Observation> {
-        let part = entry.get("experiment")?;
+    /// The request's part in `experiment`, from its inference entry.
+    pub fn from_entry(index: u64, entry: &Value, experiment: &ArtifactRef, labels: &BTreeMap<u64, (u64, bool)>) -> Part {
+        let Some(part) = entry.get("experiment") else { return Part::Outside };
         if part.get("id").and_then(Value::as_str) != Some(experiment.id.as_str())
             || part.get("version").and_then(Value::as_i64) != Some(experiment.version)
-            || part.get("excluded").is_some_and(|e| !e.is_null())
         {
-            return None;
+            return Part::Outside;
+        }
+        if part.get("excluded").is_some_and(|e| !e.is_null()) {
+            return Part::Excluded;
         }
         let attempts = entry.get("attempts").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
         let outcome = entry.get("outcome").and_then(Value::as_str).unwrap_or_default().to_owned();
-        Some(Observation {
+        Part::Observed(Observation {
             index,
             treatment: part.get("arm").and_then(Value::as_str) == Some("treatment"),
             contained: outcome == "served" && attempts.len() == 1,
@@ -169,6 +180,13 @@ impl ExperimentReport {
 /// Entries read per query while paging through the ledger.
 const PAGE: i64 = 1000;
 
+/// The report of `run` as the ledger stands now, with the experiment document it judges.
+pub async fn of_run(registry: &Registry, ledger: &Ledger, run: &ExperimentRunRow) -> anyhow::Result<(ExperimentDocument, ExperimentReport)> {
+    let (document, digest) = registry.experiment_of(run).await?;
+    let report = compute(ledger, run, &digest, &document).await?;
+    Ok((document, report))
+}
+
 /// Computes the report of `run` from the ledger as it is now.
 pub async fn compute(ledger: &Ledger, run: &ExperimentRunRow, digest: &str, experiment: &ExperimentDocument) -> anyhow::Result<ExperimentReport> {
     let reference = ArtifactRef { id: run.experiment_id.clone(), version: run.experiment_version };
@@ -189,9 +207,9 @@ pub async fn compute(ledger: &Ledger, run: &ExperimentRunRow, digest: &str, expe
         let page = ledger.query(&filter).await?;
         for record in &page {
             match Observation::from_entry(record.index, &record.entry, &reference, &labels) {
-                Some(observation) => observations.push(observation),
-                None if record.entry.pointer("/experiment/id").and_then(Value::as_str) == Some(reference.id.as_str()) => excluded += 1,
-                None => {}
+                Part::Observed(observation) => observations.push(observation),
+                Part::Excluded => excluded += 1,
+                Part::Outside => {}
             }
         }
         match page.last() {
@@ -348,11 +366,15 @@ mod tests {
                    "attempts": [{"tier": 0, "cost": 0.5, "latency_ms": 12.0, "error": null}]})
         };
         let labels = BTreeMap::from([(3, (9, true))]);
-        let seen = Observation::from_entry(3, &entry("e", "treatment", Value::Null), &reference, &labels).unwrap();
+        let Part::Observed(seen) = Observation::from_entry(3, &entry("e", "treatment", Value::Null), &reference, &labels) else {
+            panic!("an entry of the experiment is observed")
+        };
         assert!(seen.treatment && seen.contained && !seen.errored && seen.correct == Some(true));
         assert_eq!((seen.cost, seen.latency_ms), (0.5, 12.0));
-        assert!(Observation::from_entry(4, &entry("other", "treatment", Value::Null), &reference, &labels).is_none());
-        assert!(Observation::from_entry(5, &entry("e", "control", json!("kept on control")), &reference, &labels).is_none());
+        assert_eq!(Observation::from_entry(4, &entry("other", "treatment", Value::Null), &reference, &labels), Part::Outside);
+        let other_version = ArtifactRef { id: "e".into(), version: 2 };
+        assert_eq!(Observation::from_entry(5, &entry("e", "control", json!("kept on control")), &other_version, &labels), Part::Outside);
+        assert_eq!(Observation::from_entry(5, &entry("e", "control", json!("kept on control")), &reference, &labels), Part::Excluded);
     }
 
     #[test]

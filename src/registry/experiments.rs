@@ -33,11 +33,10 @@ impl Promotion<'_> {
     pub(super) async fn end_run(&self, conn: &mut sqlx::AnyConnection, now: &str) -> Result<Value, LifecycleError> {
         let run = self.run;
         let reason = format!("promoted on report {}", self.report_digest);
-        if !Store::end_experiment_run(conn, &run.experiment_id, run.experiment_version, "promoted", now, &reason).await? {
-            return Err(LifecycleError::Conflict(format!("experiment {}@{} is no longer running", run.experiment_id, run.experiment_version)));
-        }
         let reference = ArtifactRef { id: run.experiment_id.clone(), version: run.experiment_version };
-        Store::set_artifact_status(conn, ArtifactKind::Experiment.as_str(), &reference.id, reference.version, RETIRED, None).await?;
+        if !end_run(conn, &reference, "promoted", now, &reason).await? {
+            return Err(LifecycleError::Conflict(format!("experiment {reference} is no longer running")));
+        }
         Ok(json!({"experiment": {"id": reference.id, "version": reference.version}, "report_digest": self.report_digest}))
     }
 }
@@ -172,10 +171,9 @@ impl Registry {
         let reference = ArtifactRef { id: run.experiment_id.clone(), version: run.experiment_version };
         let mut tx = ledger.begin().await?;
         let version = load(tx.conn(), kind, &reference).await?;
-        if !Store::end_experiment_run(tx.conn(), &reference.id, reference.version, "stopped", now, reason).await? {
+        if !end_run(tx.conn(), &reference, "stopped", now, reason).await? {
             return Ok(None);
         }
-        Store::set_artifact_status(tx.conn(), kind.as_str(), &reference.id, reference.version, RETIRED, None).await?;
         let mut entry =
             governance_entry("experiment_stopped", kind, &reference, &version.digest, actor, json!({"from": ACTIVE, "to": RETIRED}), None);
         entry.body["stop"] = why;
@@ -199,11 +197,29 @@ impl Registry {
         self.move_active(ledger, ArtifactKind::SystemCard, treatment, actor, now, "activated", Some(promotion)).await
     }
 
+    /// The document and digest of the experiment version `run` runs.
+    pub async fn experiment_of(&self, run: &ExperimentRunRow) -> anyhow::Result<(ExperimentDocument, String)> {
+        let reference = ArtifactRef { id: run.experiment_id.clone(), version: run.experiment_version };
+        let stored = self.require(ArtifactKind::Experiment, &reference).await?;
+        let document = check_document(&stored.document).map_err(|e| anyhow::anyhow!("stored experiment {reference}: {e}"))?;
+        Ok((document, stored.digest))
+    }
+
     /// The running run of experiment `id`, or why there is none.
     pub async fn running_experiment(&self, id: &str) -> Result<ExperimentRunRow, LifecycleError> {
         let mut conn = self.store.pool().acquire().await.map_err(anyhow::Error::from)?;
         running(&mut conn, id).await
     }
+}
+
+/// Ends the run of `reference` as `state` (`stopped` or `promoted`) and retires the version;
+/// false, and nothing changed, when it was no longer running.
+async fn end_run(conn: &mut sqlx::AnyConnection, reference: &ArtifactRef, state: &str, now: &str, reason: &str) -> anyhow::Result<bool> {
+    if !Store::end_experiment_run(conn, &reference.id, reference.version, state, now, reason).await? {
+        return Ok(false);
+    }
+    Store::set_artifact_status(conn, ArtifactKind::Experiment.as_str(), &reference.id, reference.version, RETIRED, None).await?;
+    Ok(true)
 }
 
 async fn running(conn: &mut sqlx::AnyConnection, id: &str) -> Result<ExperimentRunRow, LifecycleError> {

@@ -151,13 +151,12 @@ impl SystemLoader {
     /// share and key.
     pub async fn load_experiment(&self, run: &crate::store::ExperimentRunRow) -> anyhow::Result<crate::experiment::ExperimentRoute> {
         let reference = ArtifactRef { id: run.experiment_id.clone(), version: run.experiment_version };
-        let stored = self.registry.require(ArtifactKind::Experiment, &reference).await?;
-        let document = crate::experiment::check_document(&stored.document).map_err(|e| anyhow::anyhow!("experiment {reference}: {e}"))?;
+        let (document, digest) = self.registry.experiment_of(run).await?;
         let treatment = self.registry.require(ArtifactKind::SystemCard, &document.treatment).await?;
         let treatment = self.load(&treatment).await.with_context(|| format!("experiment {reference}: treatment {}", document.treatment))?;
         Ok(crate::experiment::ExperimentRoute {
             reference,
-            digest: stored.digest,
+            digest,
             document,
             treatment: Arc::new(treatment),
             treatment_ppm: u32::try_from(run.treatment_ppm).context("treatment share")?,
